@@ -1,0 +1,54 @@
+# attnserve — build, test and benchmark entry points.
+#   make deps    install missing Debian 12 packages (apt-get; as root or via sudo)
+#   make build   configure and build everything (Release) into $(BUILD_DIR)
+#   make test    deps + build + every ctest suite (what .ci/run calls)
+#   make bench   deps + build + the core benchmark table
+#   make golden  regenerate the PyTorch golden fixtures (needs python3-torch)
+
+BUILD_DIR ?= build
+BUILD_TYPE ?= Release
+JOBS ?= $(shell nproc)
+CTEST_ARGS ?=
+
+# Build and test dependencies, all from Debian 12 (bookworm).
+DEB_PACKAGES := \
+  cmake g++ make pkg-config \
+  libdnnl-dev libabsl-dev nlohmann-json3-dev \
+  libgtest-dev libgmock-dev libbenchmark-dev
+# Only for regenerating fixtures and the demo model.
+DEB_PACKAGES_GOLDEN := python3-torch python3-numpy
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps deps-golden build test bench golden demo-model clean
+
+all: build
+
+deps:
+	@PKGS="$(DEB_PACKAGES)" SUDO="$(SUDO)" sh tools/install-deps.sh
+
+deps-golden:
+	@PKGS="$(DEB_PACKAGES_GOLDEN)" SUDO="$(SUDO)" sh tools/install-deps.sh
+
+$(BUILD_DIR)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
+
+build: $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+test: deps
+	$(MAKE) build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+bench: deps
+	$(MAKE) build
+	$(BUILD_DIR)/bench/core_bench --benchmark_min_time=0.5 --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+
+golden: deps deps-golden
+	/usr/bin/python3 tests/golden/export_golden.py
+
+demo-model:
+	/usr/bin/python3 models/make_demo.py models/demo
+
+clean:
+	rm -rf $(BUILD_DIR)

@@ -1,0 +1,77 @@
+// Engine: runs multi-head self-attention for a batch of sequences of
+// different lengths, each with its own mask, weights mode and pooling.
+// Implementations are thread-safe: concurrent Run calls are allowed (the
+// oneDNN engine serializes them internally).
+#ifndef ATTNSERVE_CORE_ENGINE_H_
+#define ATTNSERVE_CORE_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/model.h"
+
+namespace attnserve::core {
+
+// Which keys each query row may attend to. Rules combine: a pair (i, j) is
+// allowed only if every given rule allows it.
+struct Mask {
+  bool causal = false;          // j <= i
+  uint32_t window = 0;          // |i - j| <= window; 0 = unlimited
+  std::vector<uint32_t> edges;  // flat (i, j) pairs; when non-empty, row i
+                                // attends only to the j listed with it
+};
+
+enum class WeightsMode { kNone, kPerHead, kMean };
+enum class Pooling { kNone, kMean, kFirst };
+
+// One sequence of a batch. `data` is not owned and must stay valid until Run
+// returns.
+struct SequenceInput {
+  std::span<const float> data;  // length x d_model, row-major
+  uint32_t length = 0;          // L, number of rows (tokens)
+  Mask mask;
+  WeightsMode weights = WeightsMode::kNone;
+  Pooling pooling = Pooling::kNone;
+};
+
+struct SequenceOutput {
+  uint32_t rows = 0;          // L, or 1 when pooled
+  std::vector<float> output;  // rows x d_model, row-major
+  // kPerHead: num_heads matrices; kMean: one (the mean over heads); each
+  // L x L row-major, row i = the normalized weights of query i. A row whose
+  // mask allows no key is all zeros (and its context vector is zero).
+  std::vector<std::vector<float>> attention;
+};
+
+// Checks one sequence against a model before it is computed: data size ==
+// length * d_model, length >= 1, every value finite, edges of even count with
+// both ends < length: INVALID_ARGUMENT. length > max_length when the model has
+// a positional encoding: OUT_OF_RANGE. Messages say what was expected.
+absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& seq);
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  virtual const Model& model() const = 0;
+
+  // Computes every sequence of `batch`; on success returns one output per
+  // input, in order. Every sequence is validated first (ValidateSequence); an
+  // invalid one fails the whole call with its error and computes nothing.
+  // Internal failures are INTERNAL. Never throws.
+  virtual absl::StatusOr<std::vector<SequenceOutput>> Run(
+      std::span<const SequenceInput> batch) = 0;
+};
+
+// The reference engine: plain loops with double accumulation, written to be
+// obviously correct; used by tests as the oracle. Slow.
+absl::StatusOr<std::unique_ptr<Engine>> CreateReferenceEngine(
+    std::shared_ptr<const Model> model);
+
+}  // namespace attnserve::core
+
+#endif  // ATTNSERVE_CORE_ENGINE_H_
