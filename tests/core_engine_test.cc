@@ -1,0 +1,297 @@
+// The oneDNN engine against the reference engine on randomized batches that
+// mix lengths (1..300), masks, weights modes and poolings, for every
+// combination of positional x relevance x normalization x projections; plus
+// validation errors, primitive reuse and batch invariance.
+//
+// Tolerance: relative L2 <= 1e-5. fp32 rounding gives per-element relative
+// error ~6e-8 * sqrt(K) for a K-term dot product (K <= 300 keys or 64
+// features here: ~1e-6 at worst), and the engine's exp is accurate to ~2 ulp;
+// 1e-5 leaves a 10x margin while any real bug (a wrong mask, position or
+// head offset) gives errors of order 1e-1.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <tuple>
+
+#include "core/onednn_engine.h"
+#include "tests/test_util.h"
+
+namespace attnserve::core {
+namespace {
+
+using testing::RandomModel;
+using testing::RandomVector;
+using testing::RelativeL2;
+
+constexpr double kTolerance = 1e-5;
+
+enum class MaskKind { kNone, kCausal, kWindow, kEdges, kCausalWindow, kAll, kCount };
+
+Mask RandomMask(MaskKind kind, uint32_t L, std::mt19937& rng) {
+  Mask m;
+  std::uniform_int_distribution<uint32_t> any(0, L - 1);
+  const bool edges = kind == MaskKind::kEdges || kind == MaskKind::kAll;
+  m.causal = kind == MaskKind::kCausal || kind == MaskKind::kCausalWindow ||
+             kind == MaskKind::kAll;
+  if (kind == MaskKind::kWindow || kind == MaskKind::kCausalWindow || kind == MaskKind::kAll) {
+    m.window = std::uniform_int_distribution<uint32_t>(1, 6)(rng);
+  }
+  if (edges) {
+    // About three keys per row, duplicates included; some rows get none
+    // (those must come out as zero weights and a zero context).
+    for (uint32_t n = 0; n < 3 * L; ++n) {
+      const uint32_t i = any(rng);
+      const uint32_t j = (n % 2 == 0) ? any(rng) : i - std::min(i, any(rng) % 3);
+      m.edges.push_back(i);
+      m.edges.push_back(j);
+    }
+  }
+  return m;
+}
+
+struct Batch {
+  std::vector<std::vector<float>> data;
+  std::vector<SequenceInput> seqs;
+};
+
+// Every (mask kind x weights mode x pooling), each with a random length in
+// [1, max_len] (the first is 1, the second max_len).
+Batch MixedBatch(uint32_t d_model, uint32_t max_len, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<uint32_t> len(1, max_len);
+  Batch b;
+  for (int mk = 0; mk < static_cast<int>(MaskKind::kCount); ++mk) {
+    for (int wm = 0; wm < 3; ++wm) {
+      for (int pool = 0; pool < 3; ++pool) {
+        const size_t n = b.data.size();
+        const uint32_t L = n == 0 ? 1 : n == 1 ? max_len : len(rng);
+        b.data.push_back(RandomVector(rng, size_t{L} * d_model, 1.0f));
+        SequenceInput s;
+        s.length = L;
+        s.mask = RandomMask(static_cast<MaskKind>(mk), L, rng);
+        s.weights = static_cast<WeightsMode>(wm);
+        s.pooling = static_cast<Pooling>(pool);
+        b.seqs.push_back(s);
+      }
+    }
+  }
+  for (size_t n = 0; n < b.seqs.size(); ++n) b.seqs[n].data = b.data[n];
+  return b;
+}
+
+void ExpectClose(const std::vector<SequenceOutput>& got,
+                 const std::vector<SequenceOutput>& want, double tol) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t s = 0; s < got.size(); ++s) {
+    SCOPED_TRACE(::testing::Message() << "sequence " << s);
+    EXPECT_EQ(got[s].rows, want[s].rows);
+    EXPECT_LE(RelativeL2(got[s].output, want[s].output), tol);
+    ASSERT_EQ(got[s].attention.size(), want[s].attention.size());
+    for (size_t h = 0; h < got[s].attention.size(); ++h) {
+      EXPECT_LE(RelativeL2(got[s].attention[h], want[s].attention[h]), tol) << "head " << h;
+    }
+  }
+}
+
+ModelConfig Config(Positional pos, Relevance rel, Normalization norm, bool proj) {
+  ModelConfig c;
+  c.d_model = 32;
+  c.num_heads = 4;
+  c.positional = pos;
+  c.max_length = 300;
+  c.relevance = rel;
+  c.normalization = norm;
+  c.projections = proj;
+  c.scale = 1.0 / std::sqrt(8.0);
+  return c;
+}
+
+using Combo = std::tuple<Positional, Relevance, Normalization, bool>;
+
+std::string ComboName(const Combo& combo) {
+  const auto [pos, rel, norm, proj] = combo;
+  return std::string(ToString(pos)) + "_" + std::string(ToString(rel)) + "_" +
+         std::string(ToString(norm)) + (proj ? "_proj" : "_noproj");
+}
+
+class EngineVsReference : public ::testing::TestWithParam<Combo> {};
+
+TEST_P(EngineVsReference, MixedBatchMatches) {
+  const auto [pos, rel, norm, proj] = GetParam();
+  auto model = RandomModel(Config(pos, rel, norm, proj), 7);
+  auto reference = CreateReferenceEngine(model);
+  auto engine = OneDnnEngine::Create(model);
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const Batch batch = MixedBatch(32, 300, 11);
+  auto want = (*reference)->Run(batch.seqs);
+  auto got = (*engine)->Run(batch.seqs);
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_TRUE(got.ok()) << got.status();
+  ExpectClose(*got, *want, kTolerance);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllCombinations, EngineVsReference,
+    ::testing::Combine(::testing::Values(Positional::kNone, Positional::kSinusoidal,
+                                         Positional::kLearned, Positional::kRotary),
+                       ::testing::Values(Relevance::kDot, Relevance::kAdditive),
+                       ::testing::Values(Normalization::kSoftmax, Normalization::kRelu),
+                       ::testing::Bool()),
+    [](const ::testing::TestParamInfo<Combo>& info) { return ComboName(info.param); });
+
+// A sequence's result does not depend on what else is in its batch.
+TEST(OneDnnEngine, ResultsDoNotDependOnBatchComposition) {
+  auto model = RandomModel(Config(Positional::kRotary, Relevance::kDot,
+                                  Normalization::kSoftmax, true), 3);
+  auto engine = OneDnnEngine::Create(model);
+  ASSERT_TRUE(engine.ok());
+  const Batch batch = MixedBatch(32, 200, 5);
+  auto together = (*engine)->Run(batch.seqs);
+  ASSERT_TRUE(together.ok());
+  for (size_t s = 0; s < batch.seqs.size(); s += 7) {
+    auto alone = (*engine)->Run(std::span(&batch.seqs[s], 1));
+    ASSERT_TRUE(alone.ok());
+    ExpectClose(*alone, {(*together)[s]}, 1e-6);
+  }
+}
+
+TEST(OneDnnEngine, WiderHeadsAndLongSequence) {
+  ModelConfig c = Config(Positional::kSinusoidal, Relevance::kDot,
+                         Normalization::kSoftmax, true);
+  c.d_model = 128;
+  c.num_heads = 2;  // d_head 64, as in the real models
+  c.max_length = 1100;
+  c.scale = 0.125;
+  auto model = RandomModel(c, 9);
+  auto reference = CreateReferenceEngine(model);
+  auto engine = OneDnnEngine::Create(model);
+  ASSERT_TRUE(engine.ok() && reference.ok());
+  std::mt19937 rng(1);
+  const std::vector<float> x = RandomVector(rng, 1100 * 128, 1.0f);
+  SequenceInput s{x, 1100, {}, WeightsMode::kMean, Pooling::kNone};
+  s.mask.causal = true;
+  auto want = (*reference)->Run(std::span(&s, 1));
+  auto got = (*engine)->Run(std::span(&s, 1));
+  ASSERT_TRUE(want.ok() && got.ok());
+  ExpectClose(*got, *want, kTolerance);
+}
+
+TEST(OneDnnEngine, RowWithNoAllowedKeyIsZero) {
+  auto model = RandomModel(Config(Positional::kNone, Relevance::kDot,
+                                  Normalization::kSoftmax, true), 4);
+  auto engine = OneDnnEngine::Create(model);
+  ASSERT_TRUE(engine.ok());
+  std::mt19937 rng(2);
+  const std::vector<float> x = RandomVector(rng, 4 * 32, 1.0f);
+  // Row 0 may only see key 3, but causal forbids it; row 2 has no edge.
+  SequenceInput s{x, 4, {}, WeightsMode::kPerHead, Pooling::kNone};
+  s.mask.causal = true;
+  s.mask.edges = {0, 3, 1, 0, 1, 1, 3, 2};
+  auto got = (*engine)->Run(std::span(&s, 1));
+  ASSERT_TRUE(got.ok()) << got.status();
+  for (uint32_t row : {0u, 2u}) {
+    for (const auto& w : (*got)[0].attention) {
+      for (int j = 0; j < 4; ++j) EXPECT_EQ(w[row * 4 + j], 0.0f);
+    }
+    // Zero context: the output row is the output projection's bias.
+    for (int k = 0; k < 32; ++k) {
+      EXPECT_NEAR((*got)[0].output[row * 32 + k], model->weights.out_bias[k], 1e-6);
+    }
+  }
+  for (const auto& w : (*got)[0].attention) {  // row 1 sees keys 0 and 1
+    EXPECT_NEAR(w[4] + w[5], 1.0f, 1e-6);
+  }
+}
+
+TEST(OneDnnEngine, SteadyStateCreatesNoPrimitives) {
+  auto model = RandomModel(Config(Positional::kNone, Relevance::kDot,
+                                  Normalization::kSoftmax, true), 5);
+  auto engine = OneDnnEngine::Create(model);
+  ASSERT_TRUE(engine.ok());
+  const uint64_t after_create = (*engine)->primitives_created();
+  EXPECT_GT(after_create, 0u);
+  for (uint32_t seed = 0; seed < 4; ++seed) {  // new shapes every time
+    const Batch batch = MixedBatch(32, 50 + 40 * seed, seed);
+    ASSERT_TRUE((*engine)->Run(batch.seqs).ok());
+  }
+  EXPECT_EQ((*engine)->primitives_created(), after_create);
+}
+
+TEST(OneDnnEngine, ThreadCountDoesNotChangeResults) {
+  auto model = RandomModel(Config(Positional::kLearned, Relevance::kAdditive,
+                                  Normalization::kRelu, true), 6);
+  auto one = OneDnnEngine::Create(model, {.num_threads = 1});
+  auto two = OneDnnEngine::Create(model, {.num_threads = 2});
+  ASSERT_TRUE(one.ok() && two.ok());
+  const Batch batch = MixedBatch(32, 120, 8);
+  auto a = (*one)->Run(batch.seqs);
+  auto b = (*two)->Run(batch.seqs);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ExpectClose(*a, *b, 1e-6);
+}
+
+// bf16 compute against the exact (double) reference. bf16 keeps 8 mantissa
+// bits: each rounded operand carries relative error <= 2^-9 ~ 2e-3, and the
+// projections' sums average those errors down; 2e-2 bounds it with margin
+// while a wrong layout or missing bias would be off by O(1).
+TEST(OneDnnEngine, Bf16PrecisionIsCloseToExact) {
+  ModelConfig c = Config(Positional::kSinusoidal, Relevance::kDot,
+                         Normalization::kSoftmax, true);
+  c.precision = Precision::kBf16;
+  auto model = RandomModel(c, 10);
+  auto reference = CreateReferenceEngine(model);
+  auto engine = OneDnnEngine::Create(model);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const Batch batch = MixedBatch(32, 100, 12);
+  auto want = (*reference)->Run(batch.seqs);
+  auto got = (*engine)->Run(batch.seqs);
+  ASSERT_TRUE(want.ok() && got.ok());
+  ExpectClose(*got, *want, 2e-2);
+}
+
+TEST(OneDnnEngine, InvalidSequencesAreRejected) {
+  auto model = RandomModel(Config(Positional::kSinusoidal, Relevance::kDot,
+                                  Normalization::kSoftmax, true), 1);
+  auto engine = OneDnnEngine::Create(model);
+  auto reference = CreateReferenceEngine(model);
+  ASSERT_TRUE(engine.ok() && reference.ok());
+  std::vector<float> x(3 * 32, 0.5f), nan_x = x, long_x(301 * 32, 0.1f);
+  nan_x[40] = std::nanf("");
+  struct Case {
+    SequenceInput seq;
+    absl::StatusCode code;
+    std::string needle;
+  };
+  auto seq = [](std::span<const float> data, uint32_t length, std::vector<uint32_t> edges = {}) {
+    SequenceInput s;
+    s.data = data;
+    s.length = length;
+    s.mask.edges = std::move(edges);
+    return s;
+  };
+  const std::vector<Case> cases = {
+      {seq(std::span(x).first(0), 0), absl::StatusCode::kInvalidArgument, "empty"},
+      {seq(std::span(x).first(95), 3), absl::StatusCode::kInvalidArgument, "expected rows * d_model"},
+      {seq(nan_x, 3), absl::StatusCode::kInvalidArgument, "row 1, column 8 is not finite"},
+      {seq(x, 3, {0, 1, 2}), absl::StatusCode::kInvalidArgument, "even count"},
+      {seq(x, 3, {0, 3}), absl::StatusCode::kInvalidArgument, "j = 3"},
+      {seq(long_x, 301), absl::StatusCode::kOutOfRange, "max_length 300"},
+  };
+  for (const Case& c : cases) {
+    for (Engine* e : {static_cast<Engine*>(engine->get()), reference->get()}) {
+      // A bad sequence after a good one fails the batch and names its index.
+      const std::vector<SequenceInput> batch = {seq(x, 3), c.seq};
+      auto r = e->Run(batch);
+      ASSERT_FALSE(r.ok()) << c.needle;
+      EXPECT_EQ(r.status().code(), c.code) << r.status();
+      EXPECT_NE(r.status().message().find(c.needle), std::string::npos) << r.status();
+      EXPECT_NE(r.status().message().find("sequence 1"), std::string::npos) << r.status();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attnserve::core
