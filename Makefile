@@ -13,7 +13,7 @@ CTEST_ARGS ?=
 # Build and test dependencies, all from Debian 12 (bookworm).
 DEB_PACKAGES := \
   cmake g++ make pkg-config \
-  libdnnl-dev libabsl-dev nlohmann-json3-dev \
+  libdnnl-dev ocl-icd-opencl-dev libabsl-dev nlohmann-json3-dev \
   libgtest-dev libgmock-dev libbenchmark-dev
 # Only for regenerating fixtures and the demo model.
 DEB_PACKAGES_GOLDEN := python3-torch python3-numpy

@@ -16,31 +16,12 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/status_util.h"
 #include "core/model_config.h"
 #include "core/safetensors.h"
 
 namespace attnserve::core {
 namespace {
-
-// absl::StrCat cannot take std::string_view here: Debian's Abseil is built
-// with its own absl::string_view. A stream does the same job for messages.
-template <typename... Args>
-std::string Cat(const Args&... args) {
-  std::ostringstream out;
-  (out << ... << args);
-  return out.str();
-}
-
-template <typename Container>
-std::string Join(const Container& items, std::string_view separator) {
-  std::ostringstream out;
-  std::string_view sep;
-  for (const auto& item : items) {
-    out << sep << item;
-    sep = separator;
-  }
-  return out.str();
-}
 
 // Tensor names, as PyTorch's nn.MultiheadAttention.state_dict() spells them.
 constexpr char kInProjWeight[] = "in_proj_weight";
@@ -57,10 +38,6 @@ constexpr const char* kSeparateWeights[3][2] = {
     {"v_proj.weight", "v_proj_weight"}};
 constexpr const char* kSeparateBiases[3] = {"q_proj.bias", "k_proj.bias",
                                             "v_proj.bias"};
-
-absl::Status Invalid(std::string_view source, std::string_view message) {
-  return absl::InvalidArgumentError(Cat(source, ": ", message));
-}
 
 // The tensor names the file may hold under `config`.
 std::set<std::string> AcceptedNames(const ModelConfig& config) {

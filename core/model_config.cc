@@ -15,29 +15,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/status_util.h"
 
 namespace attnserve::core {
 namespace {
-
-// absl::StrCat cannot take std::string_view here: Debian's Abseil is built
-// with its own absl::string_view. A stream does the same job for messages.
-template <typename... Args>
-std::string Cat(const Args&... args) {
-  std::ostringstream out;
-  (out << ... << args);
-  return out.str();
-}
-
-template <typename Container>
-std::string Join(const Container& items, std::string_view separator) {
-  std::ostringstream out;
-  std::string_view sep;
-  for (const auto& item : items) {
-    out << sep << item;
-    sep = separator;
-  }
-  return out.str();
-}
 
 using Json = nlohmann::json;
 
@@ -60,10 +41,6 @@ std::string_view Spelling(const std::array<std::string_view, N>& names,
                           int index) {
   if (index < 0 || static_cast<size_t>(index) >= N) return "invalid";
   return names[index];
-}
-
-absl::Status Invalid(std::string_view source, std::string_view message) {
-  return absl::InvalidArgumentError(Cat(source, ": ", message));
 }
 
 // A short rendering of a JSON value for error messages ("was \"8\"").

@@ -18,38 +18,15 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/status_util.h"
 
 namespace attnserve::core {
 namespace {
-
-// absl::StrCat cannot take std::string_view here: Debian's Abseil is built
-// with its own absl::string_view. A stream does the same job for messages.
-template <typename... Args>
-std::string Cat(const Args&... args) {
-  std::ostringstream out;
-  (out << ... << args);
-  return out.str();
-}
-
-template <typename Container>
-std::string Join(const Container& items, std::string_view separator) {
-  std::ostringstream out;
-  std::string_view sep;
-  for (const auto& item : items) {
-    out << sep << item;
-    sep = separator;
-  }
-  return out.str();
-}
 
 using Json = nlohmann::json;
 
 constexpr size_t kHeaderSizeBytes = 8;  // the little-endian u64 before the JSON
 constexpr char kMetadataKey[] = "__metadata__";
-
-absl::Status Invalid(std::string_view path, std::string_view message) {
-  return absl::InvalidArgumentError(Cat(path, ": ", message));
-}
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return Cat("[", Join(shape, ", "), "]");

@@ -1,0 +1,45 @@
+// Message building for core's errors. Internal to core/; header-only pure
+// functions, safe from any thread.
+//
+// Why not absl::StrCat: Debian's Abseil is built with its own
+// absl::string_view, which std::string_view does not convert to, while core's
+// headers use std::string_view. A stream takes both.
+#ifndef ATTNSERVE_CORE_STATUS_UTIL_H_
+#define ATTNSERVE_CORE_STATUS_UTIL_H_
+
+#include <sstream>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace attnserve::core {
+
+// Concatenates anything with an operator<<.
+template <typename... Args>
+std::string Cat(const Args&... args) {
+  std::ostringstream out;
+  (out << ... << args);
+  return out.str();
+}
+
+// "a, b, c" for Join({a, b, c}, ", ").
+template <typename Container>
+std::string Join(const Container& items, std::string_view separator) {
+  std::ostringstream out;
+  std::string_view sep;
+  for (const auto& item : items) {
+    out << sep << item;
+    sep = separator;
+  }
+  return out.str();
+}
+
+// INVALID_ARGUMENT "<source>: <message>"; source is the file at fault.
+inline absl::Status Invalid(std::string_view source, std::string_view message) {
+  return absl::InvalidArgumentError(Cat(source, ": ", message));
+}
+
+}  // namespace attnserve::core
+
+#endif  // ATTNSERVE_CORE_STATUS_UTIL_H_
