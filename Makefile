@@ -1,6 +1,8 @@
 # attnserve — build, test and benchmark entry points.
 #   make deps    install missing Debian 12 packages (apt-get; as root or via sudo)
 #   make build   configure and build everything (Release) into $(BUILD_DIR)
+#   make run     deps + build + start attnserve on the embedded demo model
+#                (gRPC :50051, metrics :9090; ARGS="--log-level debug" adds flags)
 #   make test    deps + build + every ctest suite (what .ci/run calls)
 #   make bench   deps + build + the core benchmark table
 #   make golden  regenerate the PyTorch golden fixtures (needs python3-torch)
@@ -14,13 +16,15 @@ CTEST_ARGS ?=
 DEB_PACKAGES := \
   cmake g++ make pkg-config \
   libdnnl-dev ocl-icd-opencl-dev libabsl-dev nlohmann-json3-dev \
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev prometheus \
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
+  libspdlog-dev prometheus-cpp-dev libcli11-dev
 # Only for regenerating fixtures and the demo model.
 DEB_PACKAGES_GOLDEN := python3-torch python3-numpy
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-golden build test bench golden demo-model clean
+.PHONY: all deps deps-golden build run test bench golden demo-model clean
 
 all: build
 
@@ -35,6 +39,10 @@ $(BUILD_DIR)/CMakeCache.txt:
 
 build: $(BUILD_DIR)/CMakeCache.txt
 	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+run: deps
+	$(MAKE) build
+	$(BUILD_DIR)/server/attnserve --model-repository models $(ARGS)
 
 test: deps
 	$(MAKE) build

@@ -1,0 +1,86 @@
+// attnserve: multi-head self-attention over gRPC. Flags: attnserve --help.
+// SIGTERM/SIGINT drain gracefully (see AttnServer::Drain) and exit 0; exit 1
+// if accepted requests were still unanswered at --drain-timeout-ms; exit 2
+// on a bad flag or a startup failure (bad model repository, port in use).
+
+#include <signal.h>
+
+#include <cstdio>
+
+#include <spdlog/spdlog.h>
+
+#include "core/onednn_engine.h"
+#include "server/logging.h"
+#include "server/options.h"
+#include "server/server.h"
+
+namespace {
+
+// Blocks the shutdown signals in this thread and, by inheritance, in every
+// thread started later; main() then receives them with sigwait.
+sigset_t BlockShutdownSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+void LogStartup(const attnserve::server::AttnServer& server,
+                const attnserve::server::ServerOptions& o) {
+  using attnserve::core::ToString;
+  spdlog::info("attnserve starting: oneDNN ISA {}, {} engine thread(s) per batch",
+               attnserve::core::OneDnnEngine::IsaName(),
+               o.threads == 0 ? std::string("all") : std::to_string(o.threads));
+  for (const auto& m : server.registry().models()) {
+    const auto& c = m->config();
+    spdlog::info("model {}{}: d_model={} heads={} max_length={} positional={} relevance={} "
+                 "normalization={} projections={} precision={} from {}",
+                 m->name(), m->name() == server.registry().default_name() ? " (default)" : "",
+                 c.d_model, c.num_heads, c.max_length, std::string(ToString(c.positional)),
+                 std::string(ToString(c.relevance)), std::string(ToString(c.normalization)),
+                 c.projections, std::string(ToString(c.precision)), m->model->path);
+  }
+  spdlog::info("batching: max_batch_size={} max_batch_tokens={} max_queue_delay_us={} "
+               "max_queue_size={}", o.batching.max_batch_size, o.batching.max_batch_tokens,
+               o.batching.max_queue_delay_us, o.batching.max_queue_size);
+  spdlog::info("serving gRPC on {}:{}, metrics on {}", o.host, server.port(),
+               server.metrics_port() ? o.metrics_host + ":" + std::to_string(server.metrics_port()) +
+                                           "/metrics"
+                                     : std::string("(off)"));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const sigset_t signals = BlockShutdownSignals();
+  attnserve::server::ServerOptions options;
+  bool exit_now = false;
+  std::string help;
+  absl::Status parsed =
+      attnserve::server::ParseServerOptions(argc, argv, &options, &exit_now, &help);
+  if (exit_now) {
+    std::fputs(help.c_str(), stdout);
+    return 0;
+  }
+  if (parsed.ok()) parsed = attnserve::server::SetUpLogging(options.log_format, options.log_level);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "attnserve: %s\nRun 'attnserve --help' for the flags.\n",
+                 std::string(parsed.message()).c_str());
+    return 2;
+  }
+  auto server = attnserve::server::AttnServer::Start(options);
+  if (!server.ok()) {
+    spdlog::critical("startup failed: {}", std::string(server.status().message()));
+    return 2;
+  }
+  LogStartup(**server, options);
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  spdlog::info("received {}; draining (health NOT_SERVING, new calls UNAVAILABLE, up to {} ms)",
+               signal_number == SIGTERM ? "SIGTERM" : "SIGINT", options.drain_timeout_ms);
+  const bool clean = (*server)->Drain();
+  spdlog::info("drained {}; exiting", clean ? "cleanly" : "with requests unanswered");
+  return clean ? 0 : 1;
+}

@@ -1,0 +1,70 @@
+// Metrics: every Prometheus series of DESIGN.md ("Metrics"), registered once,
+// exposed over HTTP by prometheus-cpp (GET /metrics). Thread-safe: every
+// method may be called from any thread (prometheus-cpp metrics are atomic).
+#ifndef ATTNSERVE_SERVER_METRICS_H_
+#define ATTNSERVE_SERVER_METRICS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/model_config.h"
+
+namespace prometheus {
+class Registry;
+class Exposer;
+}  // namespace prometheus
+
+namespace attnserve::server {
+
+class Metrics {
+ public:
+  // Registers every family, and the process metrics (process_cpu_seconds_total,
+  // process_resident_memory_bytes, process_start_time_seconds, read from
+  // /proc/self at scrape time).
+  Metrics();
+  ~Metrics();
+
+  // Serves GET /metrics on `address` ("0.0.0.0:9090", "127.0.0.1:0").
+  // Returns the bound port. Errors (port in use) are UNAVAILABLE naming the
+  // address. Call at most once.
+  absl::StatusOr<int> StartHttp(const std::string& address);
+
+  // attnserve_model_info{model, precision, positional, relevance,
+  // normalization, projections, d_model, num_heads, max_length} = 1.
+  void AddModel(const std::string& model, const core::ModelConfig& config);
+
+  // A finished request: attnserve_requests_total{model, code} += 1 and
+  // attnserve_request_duration_seconds{model} observes `seconds` (receipt to
+  // reply). `code` is the gRPC status code name ("OK", "INVALID_ARGUMENT").
+  void RequestFinished(const std::string& model, const std::string& code, double seconds);
+
+  // A request left the queue for a batch after `seconds` waiting.
+  void QueueWait(const std::string& model, double seconds);
+
+  // One engine run: compute time, requests and tokens of the batch
+  // (attnserve_compute_duration_seconds, attnserve_batch_size,
+  // attnserve_batch_tokens, attnserve_tokens_total).
+  void BatchDone(const std::string& model, double compute_seconds, uint32_t batch_size,
+                 uint32_t batch_tokens);
+
+  // attnserve_queue_depth{model}.
+  void SetQueueDepth(const std::string& model, double depth);
+
+  // attnserve_inflight_requests: requests received and not yet answered.
+  void InflightAdd(double delta);
+
+  // The registry, for tests that collect and inspect values directly.
+  std::shared_ptr<prometheus::Registry> registry() const;
+
+ private:
+  struct Families;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<Families> families_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+};
+
+}  // namespace attnserve::server
+
+#endif  // ATTNSERVE_SERVER_METRICS_H_

@@ -1,0 +1,97 @@
+#include "server/options.h"
+
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+namespace attnserve::server {
+namespace {
+
+// Adds --NAME bound to `value`, also read from ATTNSERVE_<NAME>.
+template <typename T>
+CLI::Option* Flag(CLI::App& app, const std::string& name, T& value, const std::string& help) {
+  std::string env = "ATTNSERVE_" + name;
+  for (char& c : env) c = c == '-' ? '_' : static_cast<char>(std::toupper(c));
+  return app.add_option("--" + name, value, help)->envname(env)->capture_default_str();
+}
+
+absl::Status Check(bool ok, const std::string& message) {
+  return ok ? absl::OkStatus() : absl::InvalidArgumentError(message);
+}
+
+absl::Status Validate(const ServerOptions& o) {
+  for (auto [name, port] : {std::pair{"port", o.port}, std::pair{"metrics-port", o.metrics_port}}) {
+    if (port < 0 || port > 65535) {
+      return absl::InvalidArgumentError(std::string("--") + name + " must be in [0, 65535]; was " +
+                                        std::to_string(port));
+    }
+  }
+  absl::Status s = Check(o.threads >= 0, "--threads must be >= 0 (0 = every core); was " +
+                                             std::to_string(o.threads));
+  if (s.ok()) {
+    s = Check(o.max_message_bytes >= 4096 && o.max_message_bytes <= INT32_MAX,
+              "--max-message-bytes must be in [4096, 2147483647]; was " +
+                  std::to_string(o.max_message_bytes));
+  }
+  if (s.ok()) {
+    s = Check(o.drain_timeout_ms >= 0,
+              "--drain-timeout-ms must be >= 0; was " + std::to_string(o.drain_timeout_ms));
+  }
+  if (s.ok()) {
+    s = Check(o.max_connection_age_ms >= 0, "--max-connection-age-ms must be >= 0; was " +
+                                                std::to_string(o.max_connection_age_ms));
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string DefaultModelRepository() { return ATTNSERVE_DEFAULT_MODEL_REPOSITORY; }
+
+absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions* options,
+                                bool* exit_now, std::string* help) {
+  ServerOptions& o = *options;
+  o.model_repository = DefaultModelRepository();
+  *exit_now = false;
+  CLI::App app{"attnserve: multi-head self-attention over gRPC, batched, on oneDNN.\n"
+               "Every flag can also be set as ATTNSERVE_<FLAG> (e.g. ATTNSERVE_PORT=50051);\n"
+               "a flag on the command line wins.",
+               "attnserve"};
+  app.option_defaults()->always_capture_default();
+  Flag(app, "host", o.host, "Address the gRPC server listens on");
+  Flag(app, "port", o.port, "gRPC port (0 = any free port, logged at startup)");
+  Flag(app, "metrics-host", o.metrics_host, "Address the /metrics endpoint listens on");
+  Flag(app, "metrics-port", o.metrics_port, "Prometheus metrics port, GET /metrics (0 = off)");
+  Flag(app, "model-repository", o.model_repository,
+       "Directory holding one directory per model (config.json + weights.safetensors)");
+  Flag(app, "default-model", o.default_model,
+       "Model served when a request names none (default: the only, or first by name)");
+  Flag(app, "max-batch-size", o.batching.max_batch_size, "Most requests in one batch");
+  Flag(app, "max-batch-tokens", o.batching.max_batch_tokens,
+       "Most tokens (sum of sequence lengths) in one batch; a longer request runs alone");
+  Flag(app, "max-queue-delay-us", o.batching.max_queue_delay_us,
+       "Longest a request waits for companions before its batch runs, microseconds");
+  Flag(app, "max-queue-size", o.batching.max_queue_size,
+       "Most requests waiting per model; beyond it calls fail with RESOURCE_EXHAUSTED");
+  Flag(app, "threads", o.threads, "Engine threads per batch (0 = every core)");
+  Flag(app, "log-level", o.log_level, "trace, debug, info, warn, error, critical or off");
+  Flag(app, "log-format", o.log_format, "text or json (one JSON object per line)");
+  Flag(app, "max-message-bytes", o.max_message_bytes,
+       "Largest request or reply; a reply that would be larger fails with RESOURCE_EXHAUSTED");
+  Flag(app, "drain-timeout-ms", o.drain_timeout_ms,
+       "On SIGTERM/SIGINT: time allowed to answer accepted requests before exiting");
+  Flag(app, "max-connection-age-ms", o.max_connection_age_ms,
+       "Close client connections gracefully after this age so they rebalance (0 = never)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    *exit_now = true;
+    *help = app.help();
+    return absl::OkStatus();
+  } catch (const CLI::ParseError& e) {
+    return absl::InvalidArgumentError(e.what());
+  }
+  return Validate(o);
+}
+
+}  // namespace attnserve::server

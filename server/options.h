@@ -1,0 +1,49 @@
+// ServerOptions: every flag of the attnserve binary (DESIGN.md, "Serving"),
+// each also readable from ATTNSERVE_<FLAG> (upper case, dashes as
+// underscores); a command-line flag wins over its environment variable. A
+// plain value type.
+#ifndef ATTNSERVE_SERVER_OPTIONS_H_
+#define ATTNSERVE_SERVER_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "server/batcher.h"
+
+namespace attnserve::server {
+
+struct ServerOptions {
+  std::string host = "0.0.0.0";  // address the gRPC server listens on
+  int port = 50051;              // gRPC port; 0 = any free port
+  int metrics_port = 9090;       // Prometheus /metrics port; 0 = off
+  std::string metrics_host = "0.0.0.0";
+  // Directory of model directories (NAME/config.json + weights.safetensors).
+  std::string model_repository;
+  std::string default_model;  // "" = the only model, or the first by name
+  BatcherOptions batching;    // --max-batch-size, --max-batch-tokens, ...
+  int threads = 0;            // engine threads per batch; 0 = every core
+  std::string log_level = "info";
+  std::string log_format = "text";  // text | json
+  // Largest request or reply message. A request whose reply would be larger
+  // fails with RESOURCE_EXHAUSTED before it is computed.
+  int64_t max_message_bytes = int64_t{64} << 20;
+  int64_t drain_timeout_ms = 10000;  // SIGTERM: time allowed to answer accepted requests
+  // Connections are closed (gracefully) after this age so clients re-resolve
+  // and rebalance after scale-out; 0 = never.
+  int64_t max_connection_age_ms = 0;
+};
+
+// The model repository used when --model-repository is not given: the
+// models/ directory of the source tree this binary was built from.
+std::string DefaultModelRepository();
+
+// Parses argv and the environment. Returns OK with *options filled, or an
+// error: INVALID_ARGUMENT with the message to print for a bad flag or value.
+// --help: *exit_now is set and *help receives the text to print.
+absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions* options,
+                                bool* exit_now, std::string* help);
+
+}  // namespace attnserve::server
+
+#endif  // ATTNSERVE_SERVER_OPTIONS_H_

@@ -1,0 +1,84 @@
+#include "server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace attnserve::server {
+
+absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOptions& options) {
+  auto s = std::unique_ptr<AttnServer>(new AttnServer());
+  s->options_ = options;
+  s->metrics_ = std::make_unique<Metrics>();
+  auto registry = ModelRegistry::Load(options.model_repository, options.default_model,
+                                      options.batching, options.threads, &s->clock_,
+                                      s->metrics_.get());
+  if (!registry.ok()) return registry.status();
+  s->registry_ = *std::move(registry);
+  s->service_ = std::make_unique<AttentionService>(s->registry_.get(), s->metrics_.get(),
+                                                   &s->clock_, options.max_message_bytes);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  const std::string address = absl::StrCat(options.host, ":", options.port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.RegisterService(s->service_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  if (options.max_connection_age_ms > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               static_cast<int>(options.max_connection_age_ms));
+    // Calls running when the age is reached get this long to finish.
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               static_cast<int>(options.drain_timeout_ms));
+  }
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", address,
+                                               " (address in use or not local?)"));
+  }
+  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  for (const auto& m : s->registry_->models()) health->SetServingStatus(m->name(), true);
+
+  if (options.metrics_port != 0) {
+    auto port = s->metrics_->StartHttp(absl::StrCat(options.metrics_host, ":", options.metrics_port));
+    if (!port.ok()) return port.status();
+    s->metrics_port_ = *port;
+  }
+  return s;
+}
+
+bool AttnServer::Drain() {
+  std::lock_guard<std::mutex> lock(drain_mu_);
+  if (drained_) return drain_result_;
+  drained_ = true;
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(options_.drain_timeout_ms);
+  // 1. Tell load balancers and probes first, 2. refuse new work, 3. answer
+  // what was accepted, 4. stop the transport.
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  service_->StartDraining();
+  drain_result_ = service_->WaitIdle(deadline);
+  if (!drain_result_) {
+    spdlog::error("drain: requests still unanswered after {} ms; shutting down anyway",
+                  options_.drain_timeout_ms);
+  }
+  registry_->Drain();
+  // Everything accepted is answered; what remains are idle streams, which a
+  // short grace period lets finish writing before they are cancelled.
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  server_->Wait();
+  return drain_result_;
+}
+
+AttnServer::~AttnServer() {
+  if (server_ != nullptr) Drain();
+}
+
+}  // namespace attnserve::server

@@ -1,0 +1,60 @@
+// AttnServer: a running attnserve — the model registry, the gRPC server
+// (Attention service, health, reflection) and the metrics endpoint — built
+// from ServerOptions. Used by main() and by in-process tests. Thread-safe.
+#ifndef ATTNSERVE_SERVER_SERVER_H_
+#define ATTNSERVE_SERVER_SERVER_H_
+
+#include <memory>
+#include <mutex>
+
+#include <grpcpp/server.h>
+
+#include "absl/status/statusor.h"
+#include "server/clock.h"
+#include "server/metrics.h"
+#include "server/model_registry.h"
+#include "server/options.h"
+#include "server/service.h"
+
+namespace attnserve::server {
+
+class AttnServer {
+ public:
+  // Loads every model, starts the batchers, the gRPC server and (unless
+  // metrics_port == 0) the metrics endpoint; health reports SERVING for ""
+  // and for each model name. Errors name what failed (model file, port).
+  static absl::StatusOr<std::unique_ptr<AttnServer>> Start(const ServerOptions& options);
+
+  ~AttnServer();  // Drain()s if still running.
+
+  int port() const { return port_; }
+  int metrics_port() const { return metrics_port_; }
+  const ModelRegistry& registry() const { return *registry_; }
+  Metrics& metrics() { return *metrics_; }
+
+  // Graceful drain (SIGTERM): health turns NOT_SERVING, new calls get
+  // UNAVAILABLE, every accepted request is answered (waiting at most
+  // drain_timeout_ms), then the gRPC server shuts down. Returns true when
+  // everything accepted was answered in time. Idempotent.
+  bool Drain();
+
+ private:
+  AttnServer() = default;
+
+  ServerOptions options_;
+  RealClock clock_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<ModelRegistry> registry_;
+  std::unique_ptr<AttentionService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  int metrics_port_ = 0;
+
+  std::mutex drain_mu_;
+  bool drained_ = false;  // guarded by drain_mu_
+  bool drain_result_ = true;  // guarded by drain_mu_
+};
+
+}  // namespace attnserve::server
+
+#endif  // ATTNSERVE_SERVER_SERVER_H_
