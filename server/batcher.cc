@@ -85,12 +85,16 @@ absl::Status Batcher::Submit(BatchTask task) {
   return absl::OkStatus();
 }
 
-void Batcher::Drain() {
+void Batcher::BeginDrain() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     draining_ = true;
   }
   cv_.notify_all();
+}
+
+void Batcher::Drain() {
+  BeginDrain();
   std::call_once(join_once_, [this] {
     if (thread_.joinable()) thread_.join();
   });

@@ -101,8 +101,12 @@ class Batcher {
 
   absl::Status Submit(BatchTask task);
 
-  // Stops accepting, finishes every accepted task, joins the batch thread.
-  // Idempotent; blocks until done.
+  // Stops accepting and dispatches everything queued without waiting for the
+  // delay. Does not block; accepted tasks are still answered.
+  void BeginDrain();
+
+  // BeginDrain, then blocks until every accepted task has been answered and
+  // joins the batch thread. Idempotent.
   void Drain();
 
   size_t queue_depth() const;

@@ -69,7 +69,10 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
         clock, HooksFor(served->name(), metrics));
     if (!batcher.ok()) return batcher.status();
     served->batcher = *std::move(batcher);
-    if (metrics != nullptr) metrics->AddModel(served->name(), served->config());
+    if (metrics != nullptr) {
+      metrics->AddModel(served->name(), served->config());
+      metrics->SetQueueDepth(served->name(), 0);  // a series from startup, not first use
+    }
     registry->models_.push_back(std::move(served));
   }
   registry->default_name_ = default_model.empty() ? registry->models_[0]->name() : default_model;
@@ -86,6 +89,10 @@ ServedModel* ModelRegistry::Find(const std::string& name) const {
     if (m->name() == wanted) return m.get();
   }
   return nullptr;
+}
+
+void ModelRegistry::BeginDrain() {
+  for (const auto& m : models_) m->batcher->BeginDrain();
 }
 
 void ModelRegistry::Drain() {

@@ -41,7 +41,10 @@ class ModelRegistry {
   const std::vector<std::unique_ptr<ServedModel>>& models() const { return models_; }
   const std::string& default_name() const { return default_name_; }
 
-  // Drains every batcher: stops accepting, answers everything accepted.
+  // Every batcher stops accepting and dispatches what it holds now; does not block.
+  void BeginDrain();
+
+  // Drains every batcher: stops accepting, answers everything accepted, joins.
   void Drain();
 
  private:

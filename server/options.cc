@@ -26,6 +26,19 @@ absl::Status Validate(const ServerOptions& o) {
                                         std::to_string(port));
     }
   }
+  const BatcherOptions& b = o.batching;
+  for (auto [name, value] : {std::pair{"max-batch-size", b.max_batch_size},
+                             std::pair{"max-batch-tokens", b.max_batch_tokens},
+                             std::pair{"max-queue-size", b.max_queue_size}}) {
+    if (value < 1) {
+      return absl::InvalidArgumentError(std::string("--") + name + " must be >= 1; was " +
+                                        std::to_string(value));
+    }
+  }
+  if (b.max_queue_delay_us < 0) {
+    return absl::InvalidArgumentError("--max-queue-delay-us must be >= 0; was " +
+                                      std::to_string(b.max_queue_delay_us));
+  }
   absl::Status s = Check(o.threads >= 0, "--threads must be >= 0 (0 = every core); was " +
                                              std::to_string(o.threads));
   if (s.ok()) {

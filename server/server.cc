@@ -6,6 +6,8 @@
 #include <grpcpp/server_builder.h>
 #include <spdlog/spdlog.h>
 
+#include <thread>
+
 #include "absl/strings/str_cat.h"
 
 namespace attnserve::server {
@@ -54,21 +56,45 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   return s;
 }
 
+// gRPC cancels (CANCELLED, which clients do not retry) calls that arrive once
+// Shutdown has begun. So while callers keep arriving, stay up refusing them
+// with UNAVAILABLE; stop after kQuiet without a refusal (counted from the start
+// of the drain), or after kMaxLinger, and never past the drain deadline.
+void AttnServer::LingerWhileRefusing(int64_t drain_start_us,
+                                     std::chrono::steady_clock::time_point deadline) {
+  constexpr auto kQuiet = std::chrono::milliseconds(200);
+  constexpr auto kMaxLinger = std::chrono::seconds(2);
+  constexpr auto kPoll = std::chrono::milliseconds(20);
+  const auto stop = std::min(deadline, std::chrono::steady_clock::now() + kMaxLinger);
+  while (std::chrono::steady_clock::now() < stop) {
+    // Calls already on the wire when draining began arrive a little later:
+    // the quiet period counts from the start of the drain at the earliest.
+    const int64_t last = std::max(service_->last_refusal_us(), drain_start_us);
+    const int64_t quiet_us = std::chrono::duration_cast<std::chrono::microseconds>(kQuiet).count();
+    if (clock_.NowMicros() - last >= quiet_us) return;
+    std::this_thread::sleep_for(kPoll);
+  }
+}
+
 bool AttnServer::Drain() {
   std::lock_guard<std::mutex> lock(drain_mu_);
   if (drained_) return drain_result_;
   drained_ = true;
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::milliseconds(options_.drain_timeout_ms);
-  // 1. Tell load balancers and probes first, 2. refuse new work, 3. answer
-  // what was accepted, 4. stop the transport.
+  // 1. Tell load balancers and probes first, 2. refuse new work and flush the
+  // queues, 3. answer what was accepted, 4. keep refusing (UNAVAILABLE, which
+  // clients retry elsewhere) until callers have noticed, 5. stop the transport.
+  const int64_t drain_start_us = clock_.NowMicros();
   server_->GetHealthCheckService()->SetServingStatus(false);
   service_->StartDraining();
+  registry_->BeginDrain();
   drain_result_ = service_->WaitIdle(deadline);
   if (!drain_result_) {
     spdlog::error("drain: requests still unanswered after {} ms; shutting down anyway",
                   options_.drain_timeout_ms);
   }
+  LingerWhileRefusing(drain_start_us, deadline);
   registry_->Drain();
   // Everything accepted is answered; what remains are idle streams, which a
   // short grace period lets finish writing before they are cancelled.

@@ -40,6 +40,8 @@ class AttnServer {
 
  private:
   AttnServer() = default;
+  void LingerWhileRefusing(int64_t drain_start_us,
+                           std::chrono::steady_clock::time_point deadline);
 
   ServerOptions options_;
   RealClock clock_;

@@ -193,11 +193,6 @@ void AttentionService::Handle(grpc::CallbackServerContext* context,
     finish(status);
     Release();
   };
-  if (draining_.load()) {
-    return reject(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                               "server is draining for shutdown; retry on another replica"),
-                  request->model().empty() ? registry_->default_name() : kUnknownModelLabel);
-  }
   ServedModel* model = registry_->Find(request->model());
   if (model == nullptr) {
     std::vector<std::string> names;
@@ -207,6 +202,12 @@ void AttentionService::Handle(grpc::CallbackServerContext* context,
                                             "' is not served here; served models: ",
                                             absl::StrJoin(names, ", "))),
                   kUnknownModelLabel);
+  }
+  if (draining_.load()) {
+    last_refusal_us_.store(clock_->NowMicros());
+    return reject(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                               "server is draining for shutdown; retry on another replica"),
+                  model->name());
   }
   response->set_model(model->name());
   BatchTask task;
@@ -261,6 +262,8 @@ void AttentionService::Release() {
 }
 
 void AttentionService::StartDraining() { draining_.store(true); }
+
+int64_t AttentionService::last_refusal_us() const { return last_refusal_us_.load(); }
 
 bool AttentionService::WaitIdle(std::chrono::steady_clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(mu_);

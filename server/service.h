@@ -38,6 +38,9 @@ class AttentionService final : public v1::Attention::CallbackService {
   // From now on new requests fail with UNAVAILABLE; accepted ones go on.
   void StartDraining();
 
+  // Clock time of the last request refused because of draining (0: none).
+  int64_t last_refusal_us() const;
+
   // Blocks until no accepted request is unanswered or `deadline` passes;
   // returns true when none is.
   bool WaitIdle(std::chrono::steady_clock::time_point deadline);
@@ -67,6 +70,7 @@ class AttentionService final : public v1::Attention::CallbackService {
   const std::string id_prefix_;  // random per process, so ids are unique across restarts
 
   std::atomic<bool> draining_{false};
+  std::atomic<int64_t> last_refusal_us_{0};
   std::atomic<uint64_t> next_id_{1};
   RateLimiter reject_log_limiter_{10};
 
