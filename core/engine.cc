@@ -1,11 +1,27 @@
 #include "core/engine.h"
 
+#include <bit>
 #include <cmath>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 
 namespace attnserve::core {
+namespace {
+
+// True when no value is NaN or +-Inf: an exponent of all ones. A branch-free
+// OR over the bits vectorizes (std::isfinite in a loop with an early return
+// does not), which matters: every request's every value passes here.
+bool AllFinite(std::span<const float> values) {
+  uint32_t inf_or_nan = 0;
+  for (float v : values) {
+    const uint32_t bits = std::bit_cast<uint32_t>(v);
+    inf_or_nan |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return inf_or_nan == 0;
+}
+
+}  // namespace
 
 absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& seq) {
   const uint64_t d = config.d_model;
@@ -24,11 +40,13 @@ absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& se
         config.max_length, " (", std::string(ToString(config.positional)),
         " positional encoding)"));
   }
-  for (size_t i = 0; i < seq.data.size(); ++i) {
-    if (!std::isfinite(seq.data[i])) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input value at row ", i / d, ", column ", i % d,
-          " is not finite (", seq.data[i], "); expected finite floats"));
+  if (!AllFinite(seq.data)) {
+    for (size_t i = 0; i < seq.data.size(); ++i) {
+      if (!std::isfinite(seq.data[i])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "input value at row ", i / d, ", column ", i % d,
+            " is not finite (", seq.data[i], "); expected finite floats"));
+      }
     }
   }
   const std::vector<uint32_t>& edges = seq.mask.edges;

@@ -48,7 +48,7 @@ struct BatcherOptions {
   uint32_t max_batch_tokens = 8192;
   // Longest a request waits for companions before its batch is dispatched.
   // 0 = dispatch whatever is queued immediately.
-  int64_t max_queue_delay_us = 2000;
+  int64_t max_queue_delay_us = 0;
   // Most requests waiting (not yet in a batch). Must be >= 1. Beyond it,
   // Submit fails with RESOURCE_EXHAUSTED.
   uint32_t max_queue_size = 1024;

@@ -45,6 +45,7 @@
 #include "gtest/gtest.h"
 #include "server/server.h"
 #include "tests/e2e_util.h"
+#include "tests/http_util.h"
 #include "tests/test_util.h"
 
 namespace attnserve::testing {
@@ -166,61 +167,6 @@ std::map<std::string, double> PerModel(const Scrape& scrape, const std::string& 
 
 // ---------------------------------------------------------------------------
 // Loopback HTTP and child processes.
-
-struct HttpResponse {
-  int status = 0;
-  std::string body;
-};
-
-sockaddr_in LoopbackAddress(int port) {
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  return addr;
-}
-
-// GET `target` from 127.0.0.1:`port` over HTTP/1.0 (the server closes the
-// connection after the body), each socket operation bounded by 5 s. nullopt
-// when nothing listens or the reply is not HTTP.
-std::optional<HttpResponse> HttpGet(int port, const std::string& target) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return std::nullopt;
-  const timeval timeout{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  const sockaddr_in addr = LoopbackAddress(port);
-  const std::string request = "GET " + target + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  std::string response;
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-          static_cast<ssize_t>(request.size())) {
-    char buffer[4096];
-    for (ssize_t n; (n = read(fd, buffer, sizeof(buffer))) > 0;) response.append(buffer, n);
-  }
-  close(fd);
-  int status = 0;
-  const size_t body = response.find("\r\n\r\n");
-  if (std::sscanf(response.c_str(), "HTTP/1.%*d %d", &status) != 1 ||
-      body == std::string::npos) {
-    return std::nullopt;
-  }
-  return HttpResponse{status, response.substr(body + 4)};
-}
-
-// A port on 127.0.0.1 nothing listens on now (the kernel's pick for port 0).
-int FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr = LoopbackAddress(0);
-  socklen_t size = sizeof(addr);
-  int port = 0;
-  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &size) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  if (fd >= 0) close(fd);
-  return port;
-}
 
 std::string UrlEncode(const std::string& text) {
   std::string out;
@@ -603,21 +549,10 @@ TEST_F(MetricsE2ETest, ProcessMetricsArePlausible) {
 TEST_F(MetricsE2ETest, ScrapePassesPromtoolLint) {
   const std::string text = ScrapeText();
   ASSERT_THAT(text, ::testing::HasSubstr("attnserve_requests_total"));
-  ASSERT_EQ(std::system("command -v promtool > /dev/null 2>&1"), 0)
-      << "promtool not found: " << kDepsHint;
-  TempDir dir;
-  ASSERT_FALSE(dir.path().empty());
-  const std::string path = dir.path() + "/scrape.txt";
-  std::ofstream(path) << text;
-  const std::string command = "timeout 30 promtool check metrics < " + path + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  std::string output;
-  char buffer[1024];
-  for (size_t n; (n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0;) output.append(buffer, n);
-  const int status = pclose(pipe);
-  ASSERT_TRUE(WIFEXITED(status)) << output;
-  EXPECT_EQ(WEXITSTATUS(status), 0) << output;
+  ASSERT_TRUE(HavePromtool()) << kPromtoolHint;
+  const CommandResult result = PromtoolCheckMetrics(text);
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  const std::string& output = result.output;
   EXPECT_EQ(output, "") << "promtool lint findings";
 }
 

@@ -1,4 +1,5 @@
 #include "server/metrics.h"
+#include "tests/http_util.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -27,6 +28,12 @@ namespace attnserve::server {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::CommandResult;
+using testing::HavePromtool;
+using testing::HttpGet;
+using testing::HttpResponse;
+using testing::kPromtoolHint;
+using testing::PromtoolCheckMetrics;
 
 // Sums of a few binary-inexact seconds: only rounding separates them.
 constexpr double kSumTolerance = 1e-12;
@@ -86,32 +93,13 @@ std::vector<double> UpperBounds(const prometheus::ClientMetric& metric) {
   return bounds;
 }
 
-// A minimal HTTP/1.0 client: the body of GET `path` on 127.0.0.1:`port`, or
-// "" after a failed expectation.
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  EXPECT_GE(fd, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ADD_FAILURE() << "connect to port " << port << " failed";
-    close(fd);
-    return "";
-  }
-  const std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  EXPECT_EQ(write(fd, request.data(), request.size()),
-            static_cast<ssize_t>(request.size()));
-  std::string response;
-  char buffer[4096];
-  for (ssize_t n; (n = read(fd, buffer, sizeof(buffer))) > 0;) response.append(buffer, n);
-  close(fd);
-  EXPECT_THAT(response.substr(0, response.find('\r')),
-              ::testing::MatchesRegex("HTTP/1\\.[01] 200.*"));
-  const size_t body = response.find("\r\n\r\n");
-  EXPECT_NE(body, std::string::npos) << response;
-  return body == std::string::npos ? "" : response.substr(body + 4);
+// The body of GET `path` on 127.0.0.1:`port`, or "" after a failed expectation.
+std::string HttpGetBody(int port, const std::string& path) {
+  const std::optional<HttpResponse> response = HttpGet(port, path);
+  EXPECT_TRUE(response.has_value()) << "GET " << path << " on port " << port << " failed";
+  if (!response) return "";
+  EXPECT_EQ(response->status, 200) << response->body;
+  return response->body;
 }
 
 // The value of the unlabelled sample `name` in exposition text, or -1.
@@ -121,32 +109,6 @@ double SampleValue(const std::string& text, const std::string& name) {
     if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
   }
   return -1;
-}
-
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr
-};
-
-// Runs `promtool check metrics` on `text` (fed on stdin).
-CommandResult PromtoolCheckMetrics(const std::string& text) {
-  char path[] = "/tmp/attnserve_scrape_XXXXXX";
-  const int fd = mkstemp(path);
-  EXPECT_GE(fd, 0);
-  EXPECT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
-  close(fd);
-  CommandResult result;
-  const std::string command = std::string("promtool check metrics < ") + path + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  EXPECT_NE(pipe, nullptr);
-  char buffer[1024];
-  for (size_t n; pipe != nullptr && (n = fread(buffer, 1, sizeof(buffer), pipe)) > 0;) {
-    result.output.append(buffer, n);
-  }
-  const int status = pipe == nullptr ? -1 : pclose(pipe);
-  if (status != -1 && WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
-  unlink(path);
-  return result;
 }
 
 // Spends at least `seconds` of CPU so process_cpu_seconds_total (10 ms ticks)
@@ -367,7 +329,7 @@ TEST(MetricsTest, ServesMetricsOverHttp) {
   ASSERT_TRUE(port.ok()) << port.status();
   ASSERT_GT(*port, 0);
 
-  const std::string body = HttpGet(*port, "/metrics");
+  const std::string body = HttpGetBody(*port, "/metrics");
   EXPECT_THAT(body, HasSubstr("attnserve_requests_total{code=\"OK\",model=\"demo\"} 1\n"));
   EXPECT_THAT(body, HasSubstr("attnserve_tokens_total{model=\"demo\"} 128\n"));
   EXPECT_THAT(body, HasSubstr("attnserve_queue_depth{model=\"demo\"} 3\n"));
@@ -390,11 +352,10 @@ TEST(MetricsTest, ScrapePassesPromtoolLint) {
   RecordOneOfEach(metrics);
   const absl::StatusOr<int> port = metrics.StartHttp("127.0.0.1:0");
   ASSERT_TRUE(port.ok()) << port.status();
-  const std::string body = HttpGet(*port, "/metrics");
+  const std::string body = HttpGetBody(*port, "/metrics");
   ASSERT_THAT(body, HasSubstr("process_start_time_seconds"));
 
-  ASSERT_EQ(system("command -v promtool > /dev/null 2>&1"), 0)
-      << "promtool not found: `make deps` installs it (Debian package prometheus)";
+  ASSERT_TRUE(HavePromtool()) << kPromtoolHint;
   const CommandResult result = PromtoolCheckMetrics(body);
   EXPECT_EQ(result.exit_code, 0) << result.output;
   EXPECT_EQ(result.output, "") << "promtool reported problems";
