@@ -4,7 +4,8 @@
 #   make run     deps + build + start attnserve on the embedded demo model
 #                (gRPC :50051, metrics :9090; ARGS="--log-level debug" adds flags)
 #   make test    deps + build + every ctest suite (what .ci/run calls)
-#   make bench   deps + build + the core benchmark table
+#   make bench   deps + build + the core benchmark table (core_bench)
+#   make bench-serve  deps + build + the serving benchmark (serve_bench)
 #   make golden  regenerate the PyTorch golden fixtures (needs python3-torch)
 
 BUILD_DIR ?= build
@@ -24,7 +25,7 @@ DEB_PACKAGES_GOLDEN := python3-torch python3-numpy
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-golden build run test bench golden demo-model clean
+.PHONY: all deps deps-golden build run test bench bench-serve golden demo-model clean
 
 all: build
 
@@ -51,6 +52,10 @@ test: deps
 bench: deps
 	$(MAKE) build
 	$(BUILD_DIR)/bench/core_bench --benchmark_min_time=0.5 --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+
+bench-serve: deps
+	$(MAKE) build
+	$(BUILD_DIR)/bench/serve_bench --seconds 5
 
 golden: deps deps-golden
 	/usr/bin/python3 tests/golden/export_golden.py
