@@ -217,6 +217,9 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
     std::span<const SequenceInput> batch) {
   const ModelConfig& c = model->config;
   const size_t d = c.d_model;
+  // oneDNN sizes its own parallel regions from the calling thread's OpenMP
+  // setting (a per-thread value), so set it here, on the thread that runs.
+  omp_set_num_threads(num_threads);
   const AttentionPlan plan =
       MakeAttentionPlan(batch, kScoreBlockFloats, kMaxBlockRows, kMinBlockRows);
   const size_t T = plan.total_tokens;
