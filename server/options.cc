@@ -15,46 +15,39 @@ CLI::Option* Flag(CLI::App& app, const std::string& name, T& value, const std::s
   return app.add_option("--" + name, value, help)->envname(env)->capture_default_str();
 }
 
-absl::Status Check(bool ok, const std::string& message) {
-  return ok ? absl::OkStatus() : absl::InvalidArgumentError(message);
-}
+// An integer flag and the range it must lie in (inclusive).
+struct Bound {
+  const char* flag;
+  int64_t value, min, max;
+};
 
+// "--port must be in [0, 65535]; was 70000", or "... must be >= 1; ..." when
+// the range has no upper end.
 absl::Status Validate(const ServerOptions& o) {
-  for (auto [name, port] : {std::pair{"port", o.port}, std::pair{"metrics-port", o.metrics_port}}) {
-    if (port < 0 || port > 65535) {
-      return absl::InvalidArgumentError(std::string("--") + name + " must be in [0, 65535]; was " +
-                                        std::to_string(port));
-    }
-  }
+  constexpr int64_t kNoMax = INT64_MAX;
   const BatcherOptions& b = o.batching;
-  for (auto [name, value] : {std::pair{"max-batch-size", b.max_batch_size},
-                             std::pair{"max-batch-tokens", b.max_batch_tokens},
-                             std::pair{"max-queue-size", b.max_queue_size}}) {
-    if (value < 1) {
-      return absl::InvalidArgumentError(std::string("--") + name + " must be >= 1; was " +
-                                        std::to_string(value));
-    }
+  const Bound bounds[] = {
+      {"port", o.port, 0, 65535},
+      {"metrics-port", o.metrics_port, 0, 65535},
+      {"max-batch-size", b.max_batch_size, 1, kNoMax},
+      {"max-batch-tokens", b.max_batch_tokens, 1, kNoMax},
+      {"max-queue-size", b.max_queue_size, 1, kNoMax},
+      {"max-queue-delay-us", b.max_queue_delay_us, 0, kNoMax},
+      {"threads", o.threads, 0, kNoMax},  // 0 = every core
+      {"max-message-bytes", o.max_message_bytes, 4096, INT32_MAX},  // gRPC takes an int
+      {"drain-timeout-ms", o.drain_timeout_ms, 0, kNoMax},
+      {"max-connection-age-ms", o.max_connection_age_ms, 0, kNoMax},
+  };
+  for (const Bound& bound : bounds) {
+    if (bound.value >= bound.min && bound.value <= bound.max) continue;
+    const std::string range = bound.max == kNoMax
+                                  ? ">= " + std::to_string(bound.min)
+                                  : "in [" + std::to_string(bound.min) + ", " +
+                                        std::to_string(bound.max) + "]";
+    return absl::InvalidArgumentError(std::string("--") + bound.flag + " must be " + range +
+                                      "; was " + std::to_string(bound.value));
   }
-  if (b.max_queue_delay_us < 0) {
-    return absl::InvalidArgumentError("--max-queue-delay-us must be >= 0; was " +
-                                      std::to_string(b.max_queue_delay_us));
-  }
-  absl::Status s = Check(o.threads >= 0, "--threads must be >= 0 (0 = every core); was " +
-                                             std::to_string(o.threads));
-  if (s.ok()) {
-    s = Check(o.max_message_bytes >= 4096 && o.max_message_bytes <= INT32_MAX,
-              "--max-message-bytes must be in [4096, 2147483647]; was " +
-                  std::to_string(o.max_message_bytes));
-  }
-  if (s.ok()) {
-    s = Check(o.drain_timeout_ms >= 0,
-              "--drain-timeout-ms must be >= 0; was " + std::to_string(o.drain_timeout_ms));
-  }
-  if (s.ok()) {
-    s = Check(o.max_connection_age_ms >= 0, "--max-connection-age-ms must be >= 0; was " +
-                                                std::to_string(o.max_connection_age_ms));
-  }
-  return s;
+  return absl::OkStatus();
 }
 
 }  // namespace
