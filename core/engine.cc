@@ -65,4 +65,14 @@ absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& se
   return absl::OkStatus();
 }
 
+absl::Status ValidateBatch(const ModelConfig& config, std::span<const SequenceInput> batch) {
+  for (size_t s = 0; s < batch.size(); ++s) {
+    absl::Status st = ValidateSequence(config, batch[s]);
+    if (!st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("sequence ", s, ": ", st.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace attnserve::core

@@ -53,6 +53,10 @@ struct SequenceOutput {
 // a positional encoding: OUT_OF_RANGE. Messages say what was expected.
 absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& seq);
 
+// ValidateSequence for each sequence; the first failure's code, its message
+// prefixed with "sequence N: ".
+absl::Status ValidateBatch(const ModelConfig& config, std::span<const SequenceInput> batch);
+
 class Engine {
  public:
   virtual ~Engine() = default;
@@ -60,7 +64,7 @@ class Engine {
   virtual const Model& model() const = 0;
 
   // Computes every sequence of `batch`; on success returns one output per
-  // input, in order. Every sequence is validated first (ValidateSequence); an
+  // input, in order. Every sequence is validated first (ValidateBatch); an
   // invalid one fails the whole call with its error and computes nothing.
   // Internal failures are INTERNAL. Never throws.
   virtual absl::StatusOr<std::vector<SequenceOutput>> Run(

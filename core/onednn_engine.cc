@@ -411,12 +411,7 @@ const Model& OneDnnEngine::model() const { return *impl_->model; }
 
 absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Run(
     std::span<const SequenceInput> batch) {
-  for (size_t s = 0; s < batch.size(); ++s) {
-    absl::Status st = ValidateSequence(impl_->model->config, batch[s]);
-    if (!st.ok()) {
-      return absl::Status(st.code(), absl::StrCat("sequence ", s, ": ", st.message()));
-    }
-  }
+  if (absl::Status st = ValidateBatch(impl_->model->config, batch); !st.ok()) return st;
   std::lock_guard<std::mutex> lock(impl_->mu);
   // The one place exceptions from oneDNN or allocation are turned into status.
   try {

@@ -68,12 +68,7 @@ class ReferenceEngine final : public Engine {
 
   absl::StatusOr<std::vector<SequenceOutput>> Run(
       std::span<const SequenceInput> batch) override {
-    for (size_t s = 0; s < batch.size(); ++s) {
-      absl::Status st = ValidateSequence(model_->config, batch[s]);
-      if (!st.ok()) {
-        return absl::Status(st.code(), absl::StrCat("sequence ", s, ": ", st.message()));
-      }
-    }
+    if (absl::Status st = ValidateBatch(model_->config, batch); !st.ok()) return st;
     std::vector<SequenceOutput> outputs;
     outputs.reserve(batch.size());
     for (const SequenceInput& seq : batch) outputs.push_back(RunOne(seq));
