@@ -40,13 +40,21 @@ absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& se
         config.max_length, " (", std::string(ToString(config.positional)),
         " positional encoding)"));
   }
-  if (!AllFinite(seq.data)) {
+  if (!seq.values_checked && !AllFinite(seq.data)) {
     for (size_t i = 0; i < seq.data.size(); ++i) {
       if (!std::isfinite(seq.data[i])) {
         return absl::InvalidArgumentError(absl::StrCat(
             "input value at row ", i / d, ", column ", i % d,
             " is not finite (", seq.data[i], "); expected finite floats"));
       }
+    }
+  }
+  if (!seq.output_buffer.empty()) {
+    const uint64_t rows = seq.pooling == Pooling::kNone ? seq.length : 1;
+    if (seq.output_buffer.size() != rows * d) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "output buffer holds ", seq.output_buffer.size(), " floats; expected rows * d_model = ",
+          rows, " * ", d, " = ", rows * d));
     }
   }
   const std::vector<uint32_t>& edges = seq.mask.edges;
@@ -63,6 +71,14 @@ absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& se
     }
   }
   return absl::OkStatus();
+}
+
+std::span<float> OutputRows(const SequenceInput& in, uint32_t rows, size_t d_model,
+                            SequenceOutput& out) {
+  out.rows = rows;
+  if (!in.output_buffer.empty()) return in.output_buffer;
+  out.output.resize(size_t{rows} * d_model);
+  return out.output;
 }
 
 absl::Status ValidateBatch(const ModelConfig& config, std::span<const SequenceInput> batch) {

@@ -36,6 +36,17 @@ struct SequenceInput {
   Mask mask;
   WeightsMode weights = WeightsMode::kNone;
   Pooling pooling = Pooling::kNone;
+  // Optional: where Run writes this sequence's output instead of
+  // SequenceOutput::output (which it then leaves empty), so a caller can
+  // have it land in its own reply buffer without another copy. Must hold
+  // exactly rows x d_model floats (rows = length, or 1 when pooled) and stay
+  // valid until Run returns.
+  std::span<float> output_buffer;
+  // Set by a caller that has already run ValidateSequence on exactly this
+  // input (the server does, before queuing): Run then skips the O(L x d) scan
+  // for non-finite values. The size, length and edge checks, which guard
+  // memory, run regardless.
+  bool values_checked = false;
 };
 
 struct SequenceOutput {
@@ -50,8 +61,15 @@ struct SequenceOutput {
 // Checks one sequence against a model before it is computed: data size ==
 // length * d_model, length >= 1, every value finite, edges of even count with
 // both ends < length: INVALID_ARGUMENT. length > max_length when the model has
-// a positional encoding: OUT_OF_RANGE. Messages say what was expected.
+// a positional encoding: OUT_OF_RANGE; an output_buffer of the wrong size:
+// INVALID_ARGUMENT. Messages say what was expected. The scan for non-finite
+// values is skipped when `values_checked` is set.
 absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& seq);
+
+// Where a sequence's `rows` x d_model output goes: its output_buffer when the
+// caller gave one, else `out.output`, sized here.
+std::span<float> OutputRows(const SequenceInput& in, uint32_t rows, size_t d_model,
+                            SequenceOutput& out);
 
 // ValidateSequence for each sequence; the first failure's code, its message
 // prefixed with "sequence N: ".

@@ -277,25 +277,23 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
     Project(*out_proj, ctx_buf.data(), T, out_buf.data());
     y = out_buf.data();
   }
-  // 5. Unpack, pooling where asked.
+  // 5. Unpack (into the caller's buffers where given), pooling where asked.
+  //    Memory-bound copies: spread over the threads for large batches.
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (T * d >= (1u << 16))
   for (size_t s = 0; s < batch.size(); ++s) {
     const SequencePlan& sp = plan.seqs[s];
     const float* rows = y + sp.offset * d;
-    SequenceOutput& out = outs[s];
     if (batch[s].pooling == Pooling::kNone) {
-      out.rows = sp.length;
-      out.output.assign(rows, rows + size_t{sp.length} * d);
+      std::copy_n(rows, size_t{sp.length} * d, OutputRows(batch[s], sp.length, d, outs[s]).data());
     } else if (batch[s].pooling == Pooling::kFirst) {
-      out.rows = 1;
-      out.output.assign(rows, rows + d);
+      std::copy_n(rows, d, OutputRows(batch[s], 1, d, outs[s]).data());
     } else {
-      out.rows = 1;
       std::vector<double> sum(d, 0.0);
       for (uint32_t i = 0; i < sp.length; ++i) {
         for (size_t k = 0; k < d; ++k) sum[k] += rows[i * d + k];
       }
-      out.output.resize(d);
-      for (size_t k = 0; k < d; ++k) out.output[k] = static_cast<float>(sum[k] / sp.length);
+      const std::span<float> dst = OutputRows(batch[s], 1, d, outs[s]);
+      for (size_t k = 0; k < d; ++k) dst[k] = static_cast<float>(sum[k] / sp.length);
     }
   }
   return outs;

@@ -174,17 +174,17 @@ class ReferenceEngine final : public Engine {
     if (seq.weights == WeightsMode::kMean) out.attention.emplace_back(mean.begin(), mean.end());
     const Matrix y = c.projections ? Linear(context, L, d, wt.out_weight, wt.out_bias, d)
                                    : context;
-    out.rows = seq.pooling == Pooling::kNone ? L : 1;
-    out.output.assign(out.rows * d, 0.0f);
+    const std::span<float> dst =
+        OutputRows(seq, seq.pooling == Pooling::kNone ? L : 1, d, out);
     for (size_t k2 = 0; k2 < d; ++k2) {
       if (seq.pooling == Pooling::kNone) {
-        for (size_t i = 0; i < L; ++i) out.output[i * d + k2] = float(y[i * d + k2]);
+        for (size_t i = 0; i < L; ++i) dst[i * d + k2] = float(y[i * d + k2]);
       } else if (seq.pooling == Pooling::kFirst) {
-        out.output[k2] = float(y[k2]);
+        dst[k2] = float(y[k2]);
       } else {
         double sum = 0;
         for (size_t i = 0; i < L; ++i) sum += y[i * d + k2];
-        out.output[k2] = float(sum / L);
+        dst[k2] = float(sum / L);
       }
     }
     return out;

@@ -18,12 +18,21 @@ namespace {
 // become label values (that would let clients grow the series without bound).
 constexpr char kUnknownModelLabel[] = "_unknown";
 
-void FillResponse(const core::SequenceOutput& out, uint32_t d_model, uint32_t length,
-                  const BatchStats& stats, v1::AttendResponse* response) {
+// Sizes the reply's output matrix before the request is queued and points the
+// engine at its data, so the engine's unpacking writes straight into the
+// reply (no copy through SequenceOutput::output).
+void PrepareOutput(uint32_t d_model, core::SequenceInput* input, v1::AttendResponse* response) {
+  const uint32_t rows = input->pooling == core::Pooling::kNone ? input->length : 1;
   v1::Matrix* output = response->mutable_output();
-  output->set_rows(out.rows);
+  output->set_rows(rows);
   output->set_cols(d_model);
-  output->mutable_data()->Add(out.output.begin(), out.output.end());
+  const int n = static_cast<int>(rows * d_model);
+  output->mutable_data()->Reserve(n);
+  input->output_buffer = std::span<float>(output->mutable_data()->AddNAlreadyReserved(n), n);
+}
+
+void FillResponse(const core::SequenceOutput& out, uint32_t length, const BatchStats& stats,
+                  v1::AttendResponse* response) {
   for (const std::vector<float>& w : out.attention) {
     v1::Matrix* m = response->add_attention();
     m->set_rows(length);
@@ -216,14 +225,15 @@ void AttentionService::Handle(grpc::CallbackServerContext* context,
       !s.ok()) {
     return reject(s, model->name());
   }
+  const uint32_t d_model = model->config().d_model;
+  PrepareOutput(d_model, &task.input, response);
   task.deadline_us = DeadlineMicros(context);
   task.cancelled = [context] { return context->IsCancelled(); };
-  const uint32_t d_model = model->config().d_model;
-  task.done = [this, response, finish, id, length, d_model, received_us, name = model->name()](
+  task.done = [this, response, finish, id, length, received_us, name = model->name()](
                   absl::StatusOr<core::SequenceOutput> out, const BatchStats& stats) {
     const grpc::Status status = ToGrpcStatus(out.status());
     if (out.ok()) {
-      FillResponse(*out, d_model, length, stats, response);
+      FillResponse(*out, length, stats, response);
       metrics_->QueueWait(name, stats.queue_us / 1e6);
     }
     Finished(name, id, length, status, received_us, stats);

@@ -58,6 +58,7 @@ grpc::Status ValidateRequest(const v1::AttendRequest& request, const std::string
   if (absl::Status s = core::ValidateSequence(config, *sequence); !s.ok()) {
     return ToGrpcStatus(s);
   }
+  sequence->values_checked = true;  // the engine need not scan the values again
   const uint64_t reply_bytes = EstimateReplyBytes(request, config);
   if (reply_bytes > static_cast<uint64_t>(max_reply_bytes)) {
     return grpc::Status(

@@ -26,7 +26,8 @@ uint64_t EstimateReplyBytes(const v1::AttendRequest& request, const core::ModelC
 // into `request` (which must outlive it). Errors: INVALID_ARGUMENT (cols !=
 // d_model, empty input, data size != rows * cols, non-finite value, bad
 // mask), OUT_OF_RANGE (L > max_length with a positional encoding),
-// RESOURCE_EXHAUSTED (reply larger than max_reply_bytes).
+// RESOURCE_EXHAUSTED (reply larger than max_reply_bytes). On success the
+// sequence is marked values_checked, so the engine does not scan it again.
 grpc::Status ValidateRequest(const v1::AttendRequest& request, const std::string& model_name,
                              const core::ModelConfig& config, int64_t max_reply_bytes,
                              core::SequenceInput* sequence);

@@ -171,7 +171,7 @@ TEST(OneDnnEngine, WiderHeadsAndLongSequence) {
   ASSERT_TRUE(engine.ok() && reference.ok());
   std::mt19937 rng(1);
   const std::vector<float> x = RandomVector(rng, 1100 * 128, 1.0f);
-  SequenceInput s{x, 1100, {}, WeightsMode::kMean, Pooling::kNone};
+  SequenceInput s{x, 1100, {}, WeightsMode::kMean, Pooling::kNone, {}, false};
   s.mask.causal = true;
   auto want = (*reference)->Run(std::span(&s, 1));
   auto got = (*engine)->Run(std::span(&s, 1));
@@ -187,7 +187,7 @@ TEST(OneDnnEngine, RowWithNoAllowedKeyIsZero) {
   std::mt19937 rng(2);
   const std::vector<float> x = RandomVector(rng, 4 * 32, 1.0f);
   // Row 0 may only see key 3, but causal forbids it; row 2 has no edge.
-  SequenceInput s{x, 4, {}, WeightsMode::kPerHead, Pooling::kNone};
+  SequenceInput s{x, 4, {}, WeightsMode::kPerHead, Pooling::kNone, {}, false};
   s.mask.causal = true;
   s.mask.edges = {0, 3, 1, 0, 1, 1, 3, 2};
   auto got = (*engine)->Run(std::span(&s, 1));
@@ -291,6 +291,61 @@ TEST(OneDnnEngine, InvalidSequencesAreRejected) {
       EXPECT_NE(r.status().message().find("sequence 1"), std::string::npos) << r.status();
     }
   }
+}
+
+// A caller-provided output buffer receives exactly what SequenceOutput::output
+// would have held (every pooling, both engines), and one of the wrong size is
+// rejected before anything is computed.
+TEST(Engines, OutputBufferReceivesTheOutput) {
+  auto model = RandomModel(Config(Positional::kNone, Relevance::kDot,
+                                  Normalization::kSoftmax, true), 5);
+  auto engine = OneDnnEngine::Create(model);
+  auto reference = CreateReferenceEngine(model);
+  ASSERT_TRUE(engine.ok() && reference.ok());
+  std::mt19937 rng(5);
+  const std::vector<float> x = RandomVector(rng, 9 * 32, 1.0f);
+  for (Engine* e : {static_cast<Engine*>(engine->get()), reference->get()}) {
+    for (Pooling pooling : {Pooling::kNone, Pooling::kMean, Pooling::kFirst}) {
+      SequenceInput plain{x, 9, {}, WeightsMode::kMean, pooling, {}, false};
+      const uint32_t rows = pooling == Pooling::kNone ? 9 : 1;
+      std::vector<float> buffer(rows * 32, -7.0f);
+      SequenceInput direct = plain;
+      direct.output_buffer = buffer;
+      const std::vector<SequenceInput> batch = {plain, direct};
+      auto out = e->Run(batch);
+      ASSERT_TRUE(out.ok()) << out.status();
+      EXPECT_EQ((*out)[1].rows, rows);
+      EXPECT_TRUE((*out)[1].output.empty());
+      EXPECT_EQ(buffer, (*out)[0].output);
+      EXPECT_EQ((*out)[1].attention, (*out)[0].attention);
+
+      std::vector<float> short_buffer(rows * 32 - 1);
+      direct.output_buffer = short_buffer;
+      auto bad = e->Run(std::span(&direct, 1));
+      ASSERT_FALSE(bad.ok());
+      EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_NE(bad.status().message().find("output buffer holds"), std::string::npos)
+          << bad.status();
+    }
+  }
+}
+
+// values_checked skips only the scan for non-finite values (the caller vouches
+// for them); the checks that guard memory still run.
+TEST(Engines, ValuesCheckedSkipsOnlyTheValueScan) {
+  auto model = RandomModel(Config(Positional::kNone, Relevance::kDot,
+                                  Normalization::kSoftmax, true), 6);
+  std::vector<float> x(3 * 32, 0.5f);
+  x[7] = std::nanf("");
+  SequenceInput s{x, 3, {}, WeightsMode::kNone, Pooling::kNone, {}, false};
+  EXPECT_EQ(ValidateSequence(model->config, s).code(), absl::StatusCode::kInvalidArgument);
+  s.values_checked = true;
+  EXPECT_TRUE(ValidateSequence(model->config, s).ok());
+  s.mask.edges = {0, 3};
+  EXPECT_EQ(ValidateSequence(model->config, s).code(), absl::StatusCode::kInvalidArgument);
+  s.mask.edges.clear();
+  s.data = std::span(x).first(95);
+  EXPECT_EQ(ValidateSequence(model->config, s).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

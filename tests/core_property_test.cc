@@ -53,10 +53,10 @@ TEST_P(Permutation, PermutingRowsPermutesOutputsAndWeights) {
     for (Engine* engine : {static_cast<Engine*>(onednn->get()), reference->get()}) {
       SCOPED_TRACE(::testing::Message() << "L=" << L << (engine == reference->get() ? " reference" : " onednn"));
       std::vector<SequenceInput> batch(4);
-      batch[0] = {x, L, {}, WeightsMode::kPerHead, Pooling::kNone};
-      batch[1] = {px, L, {}, WeightsMode::kPerHead, Pooling::kNone};
-      batch[2] = {x, L, {}, WeightsMode::kMean, Pooling::kMean};
-      batch[3] = {px, L, {}, WeightsMode::kMean, Pooling::kMean};
+      batch[0] = {x, L, {}, WeightsMode::kPerHead, Pooling::kNone, {}, false};
+      batch[1] = {px, L, {}, WeightsMode::kPerHead, Pooling::kNone, {}, false};
+      batch[2] = {x, L, {}, WeightsMode::kMean, Pooling::kMean, {}, false};
+      batch[3] = {px, L, {}, WeightsMode::kMean, Pooling::kMean, {}, false};
       auto out = engine->Run(batch);
       ASSERT_TRUE(out.ok()) << out.status();
       const SequenceOutput &a = (*out)[0], &b = (*out)[1];
