@@ -14,16 +14,9 @@
 //   build/bench/serve_bench [--seconds 5] [--concurrency 1,16,64] [--length 128]
 //                           [--max-queue-delay-us US]
 
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/wire_format_lite.h>
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/support/proto_buffer_reader.h>
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <mutex>
 #include <chrono>
 #include <cstdio>
 #include <random>
@@ -44,6 +37,7 @@
 #include <thread>
 
 #include "attnserve/v1/attention.grpc.pb.h"
+#include "client/load_generator.h"
 #include "core/onednn_engine.h"
 
 namespace {
@@ -83,141 +77,33 @@ v1::AttendRequest MakeRequest(uint32_t length, uint32_t d_model, uint32_t seed) 
   return r;
 }
 
-// What the load generator reads of a reply: its Stats, and the size of its
-// output matrix (to check a reply really carries the output). The rest is
-// skipped without being copied, so the generator takes as little as it can
-// of the CPU it shares with the server.
-struct ReplySummary {
-  v1::Stats stats;
-  uint32_t output_bytes = 0;
-};
-
-bool ScanReply(grpc::ByteBuffer* reply, ReplySummary* summary) {
-  using google::protobuf::internal::WireFormatLite;
-  grpc::ProtoBufferReader reader(reply);
-  google::protobuf::io::CodedInputStream in(&reader);
-  for (uint32_t tag; (tag = in.ReadTag()) != 0;) {
-    const int field = WireFormatLite::GetTagFieldNumber(tag);
-    const bool delimited =
-        WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
-    if (delimited && field == v1::AttendResponse::kStatsFieldNumber) {
-      uint32_t size = 0;
-      if (!in.ReadVarint32(&size)) return false;
-      const auto limit = in.PushLimit(static_cast<int>(size));
-      if (!summary->stats.MergePartialFromCodedStream(&in)) return false;
-      in.PopLimit(limit);
-    } else if (delimited && field == v1::AttendResponse::kOutputFieldNumber) {
-      if (!in.ReadVarint32(&summary->output_bytes) ||
-          !in.Skip(static_cast<int>(summary->output_bytes))) {
-        return false;
-      }
-    } else if (!WireFormatLite::SkipField(&in, tag)) {
-      return false;
-    }
-  }
-  return in.ConsumedEntireMessage();
-}
-
-// Closed loop with `concurrency` calls always in flight, spread over a few
-// channels: each completion starts the next call on the same slot (gRPC's
-// callback API, so no thread per client, as in ghz), for `seconds`. The
-// request is serialized once and its bytes shared by every call.
-class ClosedLoop {
- public:
-  ClosedLoop(const std::string& target, int concurrency, const v1::AttendRequest& request)
-      : request_bytes_(request.SerializeAsString()),
-        min_output_bytes_(4 * request.input().data_size()),
-        slots_(concurrency) {
-    grpc::Slice slice(request_bytes_.data(), request_bytes_.size(), grpc::Slice::STATIC_SLICE);
-    request_ = grpc::ByteBuffer(&slice, 1);
-    for (int c = 0; c < std::min(concurrency, 4); ++c) {
-      grpc::ChannelArguments args;
-      args.SetInt("grpc.channel_id", c);  // distinct channels, not one shared subchannel
-      args.SetMaxReceiveMessageSize(64 << 20);
-      stubs_.push_back(std::make_unique<grpc::GenericStub>(
-          grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
-    }
-  }
-  LevelResult Run(double seconds) {
-    start_ = Clock::now();
-    stop_ = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
-    active_ = static_cast<int>(slots_.size());
-    for (size_t i = 0; i < slots_.size(); ++i) Issue(i);
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [this] { return active_ == 0; });
-    const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
-    std::vector<double> all;
-    double batches = 0;
-    uint64_t errors = 0;
-    for (const Slot& s : slots_) {
-      all.insert(all.end(), s.latencies_ms.begin(), s.latencies_ms.end());
-      batches += s.batch_sum;
-      errors += s.errors;
-    }
-    LevelResult r;
-    r.concurrency = static_cast<int>(slots_.size());
-    r.requests_per_s = all.size() / elapsed;
-    r.p50_ms = Percentile(all, 0.50);
-    r.p99_ms = Percentile(all, 0.99);
-    r.mean_batch = all.empty() ? 0 : batches / all.size();
-    r.errors = errors;
-    r.elapsed_s = elapsed;
-    return r;
-  }
-
- private:
-  struct Slot {  // one call in flight at a time, so no lock
-    std::unique_ptr<grpc::ClientContext> context;
-    grpc::ByteBuffer reply;
-    Clock::time_point sent;
-    std::vector<double> latencies_ms;
-    double batch_sum = 0;
-    uint64_t errors = 0;
-  };
-
-  void Issue(size_t i) {
-    Slot& slot = slots_[i];
-    if (Clock::now() >= stop_) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--active_ == 0) done_cv_.notify_all();
-      return;
-    }
-    slot.context = std::make_unique<grpc::ClientContext>();
-    slot.context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    slot.reply.Clear();
-    slot.sent = Clock::now();
-    stubs_[i % stubs_.size()]->UnaryCall(
-        slot.context.get(), "/attnserve.v1.Attention/Attend", grpc::StubOptions(), &request_,
-        &slot.reply, [this, i](grpc::Status status) {
-          Slot& s = slots_[i];
-          ReplySummary summary;
-          if (status.ok() && ScanReply(&s.reply, &summary) &&
-              summary.output_bytes >= min_output_bytes_) {
-            s.latencies_ms.push_back(
-                std::chrono::duration<double, std::milli>(Clock::now() - s.sent).count());
-            s.batch_sum += summary.stats.batch_size();
-          } else {
-            ++s.errors;
-          }
-          Issue(i);
-        });
-  }
-
-  const std::string request_bytes_;  // the serialized request, shared by every call
-  const uint32_t min_output_bytes_;  // a reply's output holds at least the input's floats
-  grpc::ByteBuffer request_;         // refers to request_bytes_
-  std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
-  std::vector<Slot> slots_;
-  Clock::time_point start_, stop_;
-  std::mutex mu_;
-  std::condition_variable done_cv_;
-  int active_ = 0;  // guarded by mu_: slots still issuing
-};
-
+// `concurrency` calls always in flight over 4 connections, for `seconds`:
+// the client library's load generator (attnctl bench), which sends
+// pre-serialized requests and reads only each reply's Stats and output size.
 LevelResult RunLevel(const std::string& target, int concurrency, double seconds,
                      const v1::AttendRequest& request) {
-  ClosedLoop loop(target, concurrency, request);
-  return loop.Run(seconds);
+  attnserve::client::ClientOptions client;
+  client.target = target;
+  attnserve::client::LoadOptions load;
+  load.concurrency = concurrency;
+  load.duration_s = seconds;
+  load.connections = std::min(concurrency, 4);
+  LevelResult r;
+  r.concurrency = concurrency;
+  auto report = attnserve::client::RunLoad(
+      client, load, {attnserve::client::MakeLoadRequest(request, request.input().cols())});
+  if (!report.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(report.status().message()).c_str());
+    r.errors = 1;
+    return r;
+  }
+  r.requests_per_s = report->requests_per_s();
+  r.p50_ms = report->p50_ms;
+  r.p99_ms = report->p99_ms;
+  r.mean_batch = report->mean_batch_size;
+  r.errors = report->calls - report->ok;
+  r.elapsed_s = report->elapsed_s;
+  return r;
 }
 
 // The attnserve binary as a child process on 127.0.0.1 and a free port, so

@@ -1,0 +1,138 @@
+#include "client/attention_client.h"
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace attnserve::client {
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& path) {
+  if (path.empty()) return std::string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read TLS file ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+absl::Status Validate(const ClientOptions& o) {
+  if (o.target.empty()) return absl::InvalidArgumentError("target must be set; was empty");
+  if (o.deadline_ms <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("deadline_ms must be positive; was ", o.deadline_ms));
+  }
+  if (o.max_retries < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_retries must be >= 0; was ", o.max_retries));
+  }
+  if (o.retry_backoff_ms < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("retry_backoff_ms must be >= 0; was ", o.retry_backoff_ms));
+  }
+  if (o.load_balancing != "pick_first" && o.load_balancing != "round_robin") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "load_balancing must be pick_first or round_robin; was '", o.load_balancing, "'"));
+  }
+  if (o.max_receive_message_bytes <= 0 || o.max_receive_message_bytes > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_receive_message_bytes must be in [1, 2^31); was ", o.max_receive_message_bytes));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& options,
+                                                           int index) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (options.tls) {
+    grpc::SslCredentialsOptions ssl;
+    for (auto [path, field] : {std::pair{&options.tls_root_certs_path, &ssl.pem_root_certs},
+                               std::pair{&options.tls_client_cert_path, &ssl.pem_cert_chain},
+                               std::pair{&options.tls_client_key_path, &ssl.pem_private_key}}) {
+      absl::StatusOr<std::string> pem = ReadPem(*path);
+      if (!pem.ok()) return pem.status();
+      *field = *std::move(pem);
+    }
+    credentials = grpc::SslCredentials(ssl);
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_receive_message_bytes));
+  args.SetMaxSendMessageSize(-1);  // the server decides what it accepts
+  args.SetLoadBalancingPolicyName(options.load_balancing);
+  // Channels with different arguments never share a subchannel (connection).
+  if (index > 0) args.SetInt("attnserve.channel_index", index);
+  return grpc::CreateCustomChannel(options.target, credentials, args);
+}
+
+absl::StatusOr<std::unique_ptr<AttentionClient>> AttentionClient::Create(
+    const ClientOptions& options) {
+  if (absl::Status s = Validate(options); !s.ok()) return s;
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(options);
+  if (!channel.ok()) return channel.status();
+  return std::unique_ptr<AttentionClient>(new AttentionClient(options, *std::move(channel)));
+}
+
+AttentionClient::AttentionClient(const ClientOptions& options,
+                                 std::shared_ptr<grpc::Channel> channel)
+    : options_(options),
+      channel_(std::move(channel)),
+      stub_(v1::Attention::NewStub(channel_)),
+      health_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+std::unique_ptr<grpc::ClientContext> AttentionClient::NewContext() const {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(options_.deadline_ms));
+  return context;
+}
+
+template <typename Call>
+grpc::Status AttentionClient::WithRetries(Call call, int* attempts) {
+  int64_t backoff_ms = options_.retry_backoff_ms;
+  for (int attempt = 1;; ++attempt) {
+    grpc::Status status = call(*NewContext());
+    if (attempts != nullptr) *attempts = attempt;
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE || attempt > options_.max_retries) {
+      return status;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
+    backoff_ms *= 2;
+  }
+}
+
+grpc::Status AttentionClient::Attend(const v1::AttendRequest& request,
+                                     v1::AttendResponse* response, int* attempts) {
+  return WithRetries(
+      [&](grpc::ClientContext& context) {
+        response->Clear();
+        return stub_->Attend(&context, request, response);
+      },
+      attempts);
+}
+
+grpc::Status AttentionClient::ListModels(v1::ListModelsResponse* response) {
+  return WithRetries(
+      [&](grpc::ClientContext& context) {
+        response->Clear();
+        return stub_->ListModels(&context, v1::ListModelsRequest(), response);
+      },
+      nullptr);
+}
+
+grpc::Status AttentionClient::CheckHealth(
+    const std::string& service, grpc::health::v1::HealthCheckResponse::ServingStatus* status) {
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status s = health_->Check(NewContext().get(), request, &response);
+  *status = s.ok() ? response.status() : grpc::health::v1::HealthCheckResponse::UNKNOWN;
+  return s;
+}
+
+}  // namespace attnserve::client

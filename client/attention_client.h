@@ -1,0 +1,89 @@
+// AttentionClient: a small synchronous client for attnserve over the
+// generated stub — one channel, a deadline on every call, retries for
+// UNAVAILABLE only. Thread-safe: calls may come from any number of threads.
+#ifndef ATTNSERVE_CLIENT_ATTENTION_CLIENT_H_
+#define ATTNSERVE_CLIENT_ATTENTION_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "attnserve/v1/attention.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace attnserve::client {
+
+struct ClientOptions {
+  // "host:port", or any gRPC target ("dns:///attnserve-grpc:50051" with
+  // load_balancing "round_robin" spreads calls over every pod of a headless
+  // Service).
+  std::string target = "127.0.0.1:50051";
+  // Per call, from the moment it is made (each retry gets a fresh one).
+  int64_t deadline_ms = 30000;
+  // Extra attempts after an UNAVAILABLE reply (a draining or restarting
+  // server, a connection refused): 0 = never retry. No other code is retried:
+  // they mean the request itself is wrong, or it may already have run.
+  int max_retries = 2;
+  // Wait before the first retry; doubled for each further one.
+  int64_t retry_backoff_ms = 100;
+  // "pick_first" (gRPC's default) or "round_robin".
+  std::string load_balancing = "pick_first";
+  // Largest reply accepted (PER_HEAD weights of long sequences are large).
+  int64_t max_receive_message_bytes = int64_t{256} << 20;
+
+  // TLS, ready for servers that offer it (attnserve itself serves plaintext
+  // for now): when `tls` is set the channel uses SSL credentials with these
+  // PEM files; empty paths mean the system roots and no client certificate.
+  bool tls = false;
+  std::string tls_root_certs_path;
+  std::string tls_client_cert_path;
+  std::string tls_client_key_path;
+};
+
+class AttentionClient {
+ public:
+  // Errors: INVALID_ARGUMENT for bad options (empty target, negative
+  // deadline or retries, unknown load_balancing, unreadable TLS files).
+  // Connecting is lazy: an unreachable server shows as UNAVAILABLE on calls.
+  static absl::StatusOr<std::unique_ptr<AttentionClient>> Create(const ClientOptions& options);
+
+  // Attention.Attend, retried on UNAVAILABLE as the options say. *attempts,
+  // when given, receives how many calls were made.
+  grpc::Status Attend(const v1::AttendRequest& request, v1::AttendResponse* response,
+                      int* attempts = nullptr);
+  // Attention.ListModels, retried the same way.
+  grpc::Status ListModels(v1::ListModelsResponse* response);
+  // grpc.health.v1.Health/Check for `service` ("" = the whole server, or a
+  // model name). Not retried: a probe wants the answer of now.
+  grpc::Status CheckHealth(const std::string& service,
+                           grpc::health::v1::HealthCheckResponse::ServingStatus* status);
+
+  const ClientOptions& options() const { return options_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+
+ private:
+  AttentionClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
+  std::unique_ptr<grpc::ClientContext> NewContext() const;
+  template <typename Call>
+  grpc::Status WithRetries(Call call, int* attempts);
+
+  // Constant after construction.
+  const ClientOptions options_;
+  const std::shared_ptr<grpc::Channel> channel_;
+  const std::unique_ptr<v1::Attention::Stub> stub_;
+  const std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+// Creates the channel AttentionClient uses: credentials, load balancing and
+// message size from `options` (already validated). `index` > 0 gives a
+// channel that never shares its connection with others (load generators use
+// several connections).
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& options,
+                                                           int index = 0);
+
+}  // namespace attnserve::client
+
+#endif  // ATTNSERVE_CLIENT_ATTENTION_CLIENT_H_

@@ -1,0 +1,390 @@
+// attnctl: the command-line client of attnserve.
+//
+//   attnctl [--target HOST:PORT] infer (--json FILE | --npy FILE | --random ROWS) [options]
+//   attnctl models
+//   attnctl health [--service NAME]
+//   attnctl bench [-c N] [-n N | -z DURATION] [--rps R] [--lengths 16,128,512 | --data FILE]
+//
+// Exit codes: 0 success (health: SERVING); 1 the server answered with an
+// error or is not serving (the code and message are printed on stderr);
+// 2 bad command line or input file.
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "client/attention_client.h"
+#include "client/load_generator.h"
+#include "client/tensor_io.h"
+
+namespace attnserve::client {
+namespace {
+
+constexpr int kExitOk = 0, kExitServer = 1, kExitUsage = 2;
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "attnctl: %s\n", message.c_str());
+  return kExitUsage;
+}
+
+int ServerError(const grpc::Status& status) {
+  std::fprintf(stderr, "error: %s: %s\n",
+               absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())).c_str(),
+               status.error_message().c_str());
+  return kExitServer;
+}
+
+// Options of a request that the command line may set (they override the
+// input file's).
+struct RequestFlags {
+  std::string model;
+  std::string request_id;
+  bool causal = false;
+  uint32_t window = 0;
+  std::string edges;  // "i,j,i,j,..."
+  std::string weights = "";  // none | per-head | mean; empty: keep the file's
+  std::string pooling = "";  // none | mean | first; empty: keep the file's
+
+  void Register(CLI::App* app) {
+    app->add_option("--model", model, "model name (default: the server's default model)");
+    app->add_option("--request-id", request_id, "request_id to send (echoed back)");
+    app->add_flag("--causal", causal, "causal mask: row i attends only to j <= i");
+    app->add_option("--window", window, "local attention: |i - j| <= WINDOW (0 = unlimited)");
+    app->add_option("--edges", edges, "graph mask: flat i,j pairs, e.g. 0,1,1,0");
+    app->add_option("--weights", weights, "attention weights to return: none, per-head, mean")
+        ->check(CLI::IsMember({"none", "per-head", "mean"}));
+    app->add_option("--pooling", pooling, "output pooling: none, mean, first")
+        ->check(CLI::IsMember({"none", "mean", "first"}));
+  }
+
+  absl::Status Apply(v1::AttendRequest* r) const {
+    if (!model.empty()) r->set_model(model);
+    if (!request_id.empty()) r->set_request_id(request_id);
+    if (causal) r->mutable_mask()->set_causal(true);
+    if (window > 0) r->mutable_mask()->set_window(window);
+    if (!edges.empty()) {
+      r->mutable_mask()->clear_edges();
+      for (absl::string_view part : absl::StrSplit(edges, ',')) {
+        uint32_t v = 0;
+        if (!absl::SimpleAtoi(part, &v)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("--edges: '", std::string(part), "' is not a row index"));
+        }
+        r->mutable_mask()->add_edges(v);
+      }
+    }
+    static const std::map<std::string, v1::WeightsMode> kWeights = {
+        {"none", v1::WEIGHTS_NONE}, {"per-head", v1::WEIGHTS_PER_HEAD}, {"mean", v1::WEIGHTS_MEAN}};
+    static const std::map<std::string, v1::Pooling> kPooling = {
+        {"none", v1::POOLING_NONE}, {"mean", v1::POOLING_MEAN}, {"first", v1::POOLING_FIRST}};
+    if (!weights.empty()) r->set_weights(kWeights.at(weights));
+    if (!pooling.empty()) r->set_pooling(kPooling.at(pooling));
+    return absl::OkStatus();
+  }
+};
+
+// A request whose input is `rows` x d_model values uniform in [-1, 1].
+v1::AttendRequest RandomRequest(std::mt19937& rng, uint32_t rows, uint32_t d_model) {
+  std::uniform_real_distribution<float> u(-1, 1);
+  v1::AttendRequest r;
+  r.mutable_input()->set_rows(rows);
+  r.mutable_input()->set_cols(d_model);
+  r.mutable_input()->mutable_data()->Reserve(static_cast<int>(rows * d_model));
+  for (uint32_t i = 0; i < rows * d_model; ++i) r.mutable_input()->add_data(u(rng));
+  return r;
+}
+
+// The served model `name` ("" = the default), from ListModels.
+absl::StatusOr<v1::ModelInfo> FindModel(AttentionClient& client, const std::string& name,
+                                        grpc::Status* rpc) {
+  v1::ListModelsResponse models;
+  *rpc = client.ListModels(&models);
+  if (!rpc->ok()) return absl::UnavailableError("ListModels failed");
+  for (const v1::ModelInfo& m : models.models()) {
+    if (name.empty() ? m.is_default() : m.name() == name) return m;
+  }
+  return absl::NotFoundError(absl::StrCat("model '", name, "' is not served at ",
+                                          client.options().target));
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
+
+int Infer(AttentionClient& client, const std::string& json_path, const std::string& npy_path,
+          uint32_t random_rows, uint32_t seed, size_t index, const RequestFlags& flags,
+          const std::string& npy_prefix) {
+  v1::AttendRequest request;
+  if (!json_path.empty()) {
+    absl::StatusOr<std::vector<v1::AttendRequest>> requests = ReadRequestsJson(json_path);
+    if (!requests.ok()) return UsageError(std::string(requests.status().message()));
+    if (index >= requests->size()) {
+      return UsageError(absl::StrCat(json_path, " holds ", requests->size(),
+                                     " requests; --index ", index, " is out of range"));
+    }
+    request = (*requests)[index];
+  } else if (!npy_path.empty()) {
+    absl::StatusOr<NpyArray> matrix = ReadNpy(npy_path);
+    if (!matrix.ok()) return UsageError(std::string(matrix.status().message()));
+    if (absl::Status s = SetInput(*matrix, &request); !s.ok()) {
+      return UsageError(absl::StrCat(npy_path, ": ", s.message()));
+    }
+  } else {
+    grpc::Status rpc;
+    absl::StatusOr<v1::ModelInfo> model = FindModel(client, flags.model, &rpc);
+    if (!rpc.ok()) return ServerError(rpc);
+    if (!model.ok()) return ServerError(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                                     std::string(model.status().message())));
+    std::mt19937 rng(seed);
+    request = RandomRequest(rng, random_rows, model->d_model());
+  }
+  if (absl::Status s = flags.Apply(&request); !s.ok()) return UsageError(std::string(s.message()));
+  v1::AttendResponse reply;
+  if (grpc::Status s = client.Attend(request, &reply); !s.ok()) return ServerError(s);
+  if (npy_prefix.empty()) {
+    std::printf("%s\n", ToJson(reply).c_str());
+    return kExitOk;
+  }
+  // The matrices go to .npy files; stdout gets the reply without their data.
+  const std::string output_path = npy_prefix + "output.npy";
+  NpyArray output{{reply.output().rows(), reply.output().cols()},
+                  {reply.output().data().begin(), reply.output().data().end()}};
+  if (absl::Status s = WriteNpy(output_path, output); !s.ok()) {
+    return UsageError(std::string(s.message()));
+  }
+  reply.mutable_output()->clear_data();
+  std::string attention_path;
+  if (reply.attention_size() > 0) {
+    const uint64_t L = reply.attention(0).rows();
+    NpyArray attention{{static_cast<uint64_t>(reply.attention_size()), L, L}, {}};
+    for (v1::Matrix& m : *reply.mutable_attention()) {
+      attention.data.insert(attention.data.end(), m.data().begin(), m.data().end());
+      m.clear_data();
+    }
+    attention_path = npy_prefix + "attention.npy";
+    if (absl::Status s = WriteNpy(attention_path, attention); !s.ok()) {
+      return UsageError(std::string(s.message()));
+    }
+  }
+  std::printf("{\"reply\": %s, \"output_npy\": \"%s\", \"attention_npy\": \"%s\"}\n",
+              ToJson(reply).c_str(), output_path.c_str(), attention_path.c_str());
+  return kExitOk;
+}
+
+int Models(AttentionClient& client) {
+  v1::ListModelsResponse models;
+  if (grpc::Status s = client.ListModels(&models); !s.ok()) return ServerError(s);
+  std::printf("%s\n", ToJson(models).c_str());
+  return kExitOk;
+}
+
+int Health(AttentionClient& client, const std::string& service) {
+  grpc::health::v1::HealthCheckResponse::ServingStatus status;
+  if (grpc::Status s = client.CheckHealth(service, &status); !s.ok()) return ServerError(s);
+  std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(status).c_str());
+  return status == grpc::health::v1::HealthCheckResponse::SERVING ? kExitOk : kExitServer;
+}
+
+// "10s", "500ms", "2m", or plain seconds ("1.5").
+absl::StatusOr<double> ParseDuration(const std::string& text) {
+  double value = 0;
+  for (auto [suffix, scale] : {std::pair{"ms", 1e-3}, std::pair{"s", 1.0}, std::pair{"m", 60.0},
+                               std::pair{"h", 3600.0}}) {
+    const std::string s(suffix);
+    if (text.size() > s.size() && text.compare(text.size() - s.size(), s.size(), s) == 0 &&
+        absl::SimpleAtod(text.substr(0, text.size() - s.size()), &value)) {
+      return value * scale;
+    }
+  }
+  if (absl::SimpleAtod(text, &value)) return value;
+  return absl::InvalidArgumentError(
+      absl::StrCat("'", text, "' is not a duration (e.g. 10s, 500ms, 2m)"));
+}
+
+// "16,128,512" (an even mix) or "16:0.7,128:0.2,512:0.1" (weighted): the
+// lengths of a 100-request mix in a seeded random order.
+absl::StatusOr<std::vector<uint32_t>> ParseLengths(const std::string& text, uint32_t seed) {
+  std::vector<std::pair<uint32_t, double>> parts;
+  double total = 0;
+  for (absl::string_view item : absl::StrSplit(text, ',')) {
+    std::vector<std::string> kv = absl::StrSplit(item, ':');
+    uint32_t length = 0;
+    double weight = 1;
+    if (kv.size() > 2 || !absl::SimpleAtoi(kv[0], &length) || length == 0 ||
+        (kv.size() == 2 && (!absl::SimpleAtod(kv[1], &weight) || weight <= 0))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--lengths: '", std::string(item), "' is not LENGTH or LENGTH:WEIGHT (LENGTH >= 1)"));
+    }
+    parts.emplace_back(length, weight);
+    total += weight;
+  }
+  std::vector<uint32_t> mix;
+  for (const auto& [length, weight] : parts) {
+    const int copies = std::max(1, static_cast<int>(100 * weight / total + 0.5));
+    mix.insert(mix.end(), copies, length);
+  }
+  std::mt19937 rng(seed);
+  std::shuffle(mix.begin(), mix.end(), rng);
+  return mix;
+}
+
+struct BenchFlags {
+  LoadOptions load;
+  std::string duration;
+  std::string lengths = "128";
+  std::string data_path;
+  std::string format = "text";
+  uint32_t seed = 1;
+};
+
+int Bench(AttentionClient& client, BenchFlags& bench, const RequestFlags& flags) {
+  if (!bench.duration.empty()) {
+    absl::StatusOr<double> seconds = ParseDuration(bench.duration);
+    if (!seconds.ok()) return UsageError(std::string(seconds.status().message()));
+    bench.load.duration_s = *seconds;
+  } else if (bench.load.total == 0) {
+    bench.load.total = 200;  // as ghz: a bounded run by default
+  }
+  bench.load.deadline_ms = client.options().deadline_ms;
+  grpc::Status rpc;
+  absl::StatusOr<v1::ModelInfo> model = FindModel(client, flags.model, &rpc);
+  if (!rpc.ok()) return ServerError(rpc);
+  if (!model.ok()) return ServerError(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                                   std::string(model.status().message())));
+  std::vector<v1::AttendRequest> requests;
+  if (!bench.data_path.empty()) {
+    absl::StatusOr<std::vector<v1::AttendRequest>> read = ReadRequestsJson(bench.data_path);
+    if (!read.ok()) return UsageError(std::string(read.status().message()));
+    requests = *std::move(read);
+  } else {
+    absl::StatusOr<std::vector<uint32_t>> lengths = ParseLengths(bench.lengths, bench.seed);
+    if (!lengths.ok()) return UsageError(std::string(lengths.status().message()));
+    std::mt19937 rng(bench.seed);
+    std::map<uint32_t, v1::AttendRequest> by_length;  // one input per length
+    for (uint32_t L : *lengths) {
+      if (!by_length.count(L)) by_length[L] = RandomRequest(rng, L, model->d_model());
+      requests.push_back(by_length[L]);
+    }
+  }
+  std::vector<LoadRequest> mix;
+  for (v1::AttendRequest& r : requests) {
+    if (absl::Status s = flags.Apply(&r); !s.ok()) return UsageError(std::string(s.message()));
+    mix.push_back(MakeLoadRequest(r, model->d_model()));
+  }
+  absl::StatusOr<LoadReport> report = RunLoad(client.options(), bench.load, mix);
+  if (!report.ok()) return UsageError(std::string(report.status().message()));
+  if (bench.format == "json") {
+    std::printf("%s\n", ReportJson(*report).c_str());
+  } else {
+    std::printf("target %s, model %s, %s\n%s", client.options().target.c_str(),
+                model->name().c_str(),
+                bench.load.rps > 0 ? absl::StrCat("open loop at ", bench.load.rps, " calls/s").c_str()
+                                   : absl::StrCat("closed loop, ", bench.load.concurrency,
+                                                  " in flight").c_str(),
+                ReportText(*report).c_str());
+  }
+  return report->ok == report->calls ? kExitOk : kExitServer;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"attnctl: call attnserve (infer, models, health) and load-test it (bench)."};
+  app.require_subcommand(1);
+  ClientOptions options;
+  app.add_option("--target", options.target, "server address HOST:PORT, or a gRPC target URI")
+      ->envname("ATTNCTL_TARGET")
+      ->capture_default_str();
+  app.add_option("--deadline-ms", options.deadline_ms, "deadline of each call")
+      ->capture_default_str();
+  app.add_option("--retries", options.max_retries, "retries after UNAVAILABLE (only)")
+      ->capture_default_str();
+  app.add_option("--lb", options.load_balancing, "load balancing: pick_first or round_robin")
+      ->check(CLI::IsMember({"pick_first", "round_robin"}))
+      ->capture_default_str();
+  app.add_flag("--tls", options.tls, "use TLS (system roots unless --tls-ca)");
+  app.add_option("--tls-ca", options.tls_root_certs_path, "PEM file of trusted root certificates");
+  app.add_option("--tls-cert", options.tls_client_cert_path, "PEM client certificate chain");
+  app.add_option("--tls-key", options.tls_client_key_path, "PEM client private key");
+
+  CLI::App* infer = app.add_subcommand("infer", "send one request; print the reply as JSON");
+  std::string json_path, npy_path, npy_prefix;
+  uint32_t random_rows = 0, seed = 1;
+  size_t index = 0;
+  RequestFlags infer_flags;
+  auto* inputs = infer->add_option_group("input", "where the input comes from");
+  inputs->add_option("--json", json_path,
+                     "JSON file: an AttendRequest (protobuf JSON), an array of them, or a matrix");
+  inputs->add_option("--npy", npy_path, "2-D float32 .npy file: the input rows");
+  inputs->add_option("--random", random_rows, "ROWS random rows of the model's d_model");
+  inputs->require_option(1);
+  infer->add_option("--index", index, "which request of a JSON array to send")->capture_default_str();
+  infer->add_option("--seed", seed, "seed of --random")->capture_default_str();
+  infer->add_option("--output-npy", npy_prefix,
+                    "write PREFIXoutput.npy (and PREFIXattention.npy: heads x L x L) "
+                    "instead of printing the matrices");
+  infer_flags.Register(infer);
+
+  app.add_subcommand("models", "list the served models as JSON");
+  CLI::App* health = app.add_subcommand(
+      "health", "print the serving status; exit 0 only when SERVING (usable as a probe)");
+  std::string service;
+  health->add_option("--service", service, "a model name; empty: the whole server");
+
+  CLI::App* bench_cmd = app.add_subcommand("bench", "load generator: throughput and latency");
+  BenchFlags bench;
+  RequestFlags bench_flags;
+  bench_cmd->add_option("-c,--concurrency", bench.load.concurrency,
+                        "calls in flight (open loop: at most)")->capture_default_str();
+  bench_cmd->add_option("-n,--total", bench.load.total,
+                        "stop after N calls (default 200 when no -z)");
+  bench_cmd->add_option("-z,--duration", bench.duration, "stop after this long, e.g. 30s, 2m");
+  bench_cmd->add_option("--rps", bench.load.rps, "open loop at this many calls/s (0: closed loop)");
+  bench_cmd->add_option("--connections", bench.load.connections, "HTTP/2 connections to use")
+      ->capture_default_str();
+  bench_cmd->add_option("--lengths", bench.lengths,
+                        "sequence lengths: 16,128,512 (even mix) or 16:0.7,128:0.3 (weighted)")
+      ->capture_default_str();
+  bench_cmd->add_option("--data", bench.data_path,
+                        "JSON file of AttendRequests to send in turn (a ghz data file)");
+  bench_cmd->add_option("--seed", bench.seed, "seed of the random inputs")->capture_default_str();
+  bench_cmd->add_option("--max-duration", bench.load.max_run_s,
+                        "hard bound on the run in seconds")->capture_default_str();
+  bench_cmd->add_option("--format", bench.format, "text or json")
+      ->check(CLI::IsMember({"text", "json"}))->capture_default_str();
+  bench_flags.Register(bench_cmd);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+  absl::StatusOr<std::unique_ptr<AttentionClient>> client = AttentionClient::Create(options);
+  if (!client.ok()) return UsageError(std::string(client.status().message()));
+  if (*infer) {
+    return Infer(**client, json_path, npy_path, random_rows, seed, index, infer_flags, npy_prefix);
+  }
+  if (*health) return Health(**client, service);
+  if (*bench_cmd) return Bench(**client, bench, bench_flags);
+  return Models(**client);
+}
+
+}  // namespace
+}  // namespace attnserve::client
+
+int main(int argc, char** argv) { return attnserve::client::Main(argc, argv); }
