@@ -20,7 +20,7 @@ DEB_PACKAGES := \
   libgtest-dev libgmock-dev libbenchmark-dev prometheus \
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
   libspdlog-dev prometheus-cpp-dev libcli11-dev \
-  python3-yaml python3-kubernetes
+  python3-yaml python3-kubernetes python3-grpcio python3-protobuf
 # kubectl for `kubectl kustomize` in the deploy tests: Debian's, unless a
 # kubectl is already installed (e.g. the Google Cloud SDK's, whose package owns
 # /usr/bin/kubectl too, so installing both would fail).
