@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --proto) use_proto=1 ;;
     --out) out=$2; shift ;;
     --out=*) out=${1#--out=} ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     small|medium|long) scenarios="$scenarios $1" ;;
     -*) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) host=$1 ;;
