@@ -16,10 +16,11 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release \
- && cmake --build build -j"$(nproc)" --target attnserve
+ && cmake --build build -j"$(nproc)" --target attnserve attnctl
 
-# --- Runtime stage: only the shared libraries attnserve links (ldd + dpkg -S
-# on the built binary), the binary and the models.
+# --- Runtime stage: only the shared libraries attnserve and attnctl link
+# (ldd + dpkg -S on the built binaries; `make test` checks this list, see
+# tests/image_runtime_libs_test.py), the binaries and the models.
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -29,6 +30,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin attnserve
 COPY --from=build /src/build/server/attnserve /usr/local/bin/attnserve
+COPY --from=build /src/build/client/attnctl /usr/local/bin/attnctl
 COPY --from=build /src/models /opt/attnserve/models
 ENV ATTNSERVE_MODEL_REPOSITORY=/opt/attnserve/models \
     ATTNSERVE_LOG_FORMAT=json

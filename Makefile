@@ -19,7 +19,12 @@ DEB_PACKAGES := \
   libdnnl-dev ocl-icd-opencl-dev libabsl-dev nlohmann-json3-dev \
   libgtest-dev libgmock-dev libbenchmark-dev prometheus \
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
-  libspdlog-dev prometheus-cpp-dev libcli11-dev
+  libspdlog-dev prometheus-cpp-dev libcli11-dev \
+  python3-yaml python3-kubernetes python3-grpcio python3-protobuf
+# kubectl for `kubectl kustomize` in the deploy tests: Debian's, unless a
+# kubectl is already installed (e.g. the Google Cloud SDK's, whose package owns
+# /usr/bin/kubectl too, so installing both would fail).
+DEB_PACKAGES += $(if $(shell command -v kubectl 2>/dev/null),,kubernetes-client)
 # Only for regenerating fixtures and the demo model.
 DEB_PACKAGES_GOLDEN := python3-torch python3-numpy
 
