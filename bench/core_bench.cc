@@ -86,6 +86,16 @@ json RunInChild(const BenchCase& c, const Options& o) {
   return r;
 }
 
+// The 1-minute load average: how busy the (shared) machine was.
+double LoadAverage() {
+  double load = -1;
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &load) != 1) load = -1;
+    std::fclose(f);
+  }
+  return load;
+}
+
 bool Selected(const BenchCase& c, const Options& o) {
   return o.filter.empty() || c.Name().find(o.filter) != std::string::npos;
 }
@@ -124,6 +134,7 @@ json RunAll(const Options& o) {
                      std::to_string(v->patch);
   result["isa"] = core::OneDnnEngine::IsaName();
   result["flops"] = "8*B*L*d^2 + 4*B*L^2*d";
+  result["load_average_start"] = LoadAverage();
   BenchCase check;
   check.kind = BenchCase::Kind::kMemoryCheck;
   check.check_mib = kMemoryCheckMiB;
@@ -159,6 +170,7 @@ json RunAll(const Options& o) {
   result["threads"] = result["roofs"]["fp32"].value("threads", 0);
   const BenchCase ref{.kind = BenchCase::Kind::kReference, .shape = kReferenceShape};
   if (o.reference && !o.quick && Selected(ref, o)) result["reference"] = RunInChild(ref, o);
+  result["load_average_end"] = LoadAverage();
   return result;
 }
 
@@ -192,6 +204,8 @@ void PrintTable(const json& result, const Options& o) {
               result["isa"].get<std::string>().c_str(), o.quick ? ", --quick" : "");
   std::printf("FLOPs per batch = 8*B*L*d^2 (Q, K, V, output projections) + 4*B*L^2*d "
               "(QK^T and PV, full L^2)\n");
+  std::printf("load average %.1f at start, %.1f at end (2 cores; shared machines are noisy)\n",
+              result["load_average_start"].get<double>(), result["load_average_end"].get<double>());
   PrintRoof("fp32", "f32", result["roofs"]["fp32"]);
   PrintRoof("bf16", "bf16 in, f32 out", result["roofs"]["bf16"]);
   const json& check = result["memory_check"];
