@@ -28,6 +28,7 @@
 #include <CLI/CLI.hpp>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <limits.h>
 #include <string>
@@ -135,6 +136,8 @@ json RunAll(const Options& o) {
   result["isa"] = core::OneDnnEngine::IsaName();
   result["flops"] = "8*B*L*d^2 + 4*B*L^2*d";
   result["load_average_start"] = LoadAverage();
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  result["omp_wait_policy"] = wait_policy ? wait_policy : "default";
   BenchCase check;
   check.kind = BenchCase::Kind::kMemoryCheck;
   check.check_mib = kMemoryCheckMiB;
@@ -204,13 +207,17 @@ void PrintTable(const json& result, const Options& o) {
               result["isa"].get<std::string>().c_str(), o.quick ? ", --quick" : "");
   std::printf("FLOPs per batch = 8*B*L*d^2 (Q, K, V, output projections) + 4*B*L^2*d "
               "(QK^T and PV, full L^2)\n");
-  std::printf("load average %.1f at start, %.1f at end (2 cores; shared machines are noisy)\n",
-              result["load_average_start"].get<double>(), result["load_average_end"].get<double>());
+  std::printf("load average %.1f at start, %.1f at end (2 cores; shared machines are noisy); "
+              "OMP_WAIT_POLICY %s\n", result["load_average_start"].get<double>(),
+              result["load_average_end"].get<double>(),
+              result["omp_wait_policy"].get<std::string>().c_str());
   PrintRoof("fp32", "f32", result["roofs"]["fp32"]);
   PrintRoof("bf16", "bf16 in, f32 out", result["roofs"]["bf16"]);
   const json& check = result["memory_check"];
   std::printf("peak extra memory: peak RSS during the runs minus RSS with model, engine and "
-              "inputs loaded, one process per row (check: touching %d MiB measures %.1f MiB%s)\n\n",
+              "inputs loaded, one process per row (check: after a %d MiB peak, touching %d MiB "
+              "measures %.1f MiB%s)\n\n",
+              2 * kMemoryCheckMiB,
               kMemoryCheckMiB, check.value("peak_extra_mib", -1.0),
               check.value("memory_reset_ok", false) ? "" : "; VmHWM reset FAILED");
   std::printf("| B | L | d_model | heads | precision | weights | ms | GFLOP/s | %% of roof | "

@@ -84,18 +84,45 @@ class PeakMemoryWindow:
         return max(0, status_bytes("VmHWM") - self.baseline)
 
 
-def loaded_blas():
-    """The BLAS shared object mapped into this process (torch loads it)."""
-    for line in open("/proc/self/maps"):
-        path = line.split()[-1] if len(line.split()) >= 6 else ""
-        name = os.path.basename(path)
-        if "openblas" in name or name.startswith("libblas"):
-            return path
-    return None
+def memory_check(mib=256):
+    """The method on a known amount: after an earlier 2N MiB peak (freed),
+    touching and freeing N MiB inside a window must read as ~N MiB."""
+    torch.ones(2 * mib * 1024 * 1024, dtype=torch.uint8)
+    window = PeakMemoryWindow()
+    torch.ones(mib * 1024 * 1024, dtype=torch.uint8)
+    return {"touched_mib": mib, "peak_extra_mib": window.peak_extra_bytes() / MIB,
+            "memory_reset_ok": window.reset_ok}
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def sgemm_provider():
+    """The file whose sgemm_ libtorch_cpu calls: dlsym in libtorch_cpu's own
+    scope (where its BLAS calls resolve), then dladdr. Looking for a mapped
+    libopenblas is not enough: liblapack.so.3 may map it while libblas.so.3
+    is still the reference BLAS."""
+    torch_cpu = next((line.split()[-1] for line in open("/proc/self/maps")
+                      if "libtorch_cpu.so" in line), None)
+    if torch_cpu is None:
+        return None
+    try:
+        addr = ctypes.cast(ctypes.CDLL(torch_cpu).sgemm_, ctypes.c_void_p).value
+    except AttributeError:
+        return None
+    libc = ctypes.CDLL("libc.so.6")
+    libc.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    info = _DlInfo()
+    if not libc.dladdr(addr, ctypes.byref(info)) or not info.dli_fname:
+        return None
+    return os.path.realpath(info.dli_fname.decode())
 
 
 def openblas_lib():
-    path = loaded_blas()
+    """The OpenBLAS that provides torch's sgemm_, or None if it is not OpenBLAS."""
+    path = sgemm_provider()
     if path is None or "openblas" not in path:
         return None
     lib = ctypes.CDLL(path)  # already loaded: the same handle torch uses
@@ -113,7 +140,8 @@ def blas_report():
     """Which BLAS torch uses and how fast it is; 'warnings' lists problems."""
     a = torch.rand(1024, 1024)
     a @ a  # loads and initializes the BLAS
-    info = {"library": loaded_blas(), "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
+    info = {"library": sgemm_provider(),
+            "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
             "alternative": os.path.realpath("/usr/lib/x86_64-linux-gnu/libblas.so.3")}
     lib = openblas_lib()
     if lib is not None:
@@ -128,7 +156,7 @@ def blas_report():
     info["fp32_matmul_1024_1thread_gflops"] = 5 * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
     warnings = []
     if lib is None:
-        warnings.append(f"PyTorch is not using OpenBLAS (loaded BLAS: {info['library']}); "
+        warnings.append(f"PyTorch is not using OpenBLAS (its sgemm_ is in {info['library']}); "
                         "fp32 runs on a slow BLAS: install libopenblas0-pthread (make deps-bench)")
     elif info["openblas_core"].lower() in ("prescott", "core2", "nehalem", "katmai", "sandybridge"):
         warnings.append(f"OpenBLAS uses {info['openblas_core']} kernels; set "
@@ -195,6 +223,7 @@ def run_in_child(spec, config, args):
 
 def run_all(args):
     result = {"torch": torch.__version__, "blas": blas_report(), "rows": [],
+              "memory_check": memory_check(),
               "load_average_start": load_average()}
     for w in result["blas"]["warnings"]:
         print("torch_mha: WARNING:", w, file=sys.stderr)
@@ -234,7 +263,12 @@ def print_table(result, thread_counts):
           f"fp32 matmul 1024^3 on 1 thread: {blas['fp32_matmul_1024_1thread_gflops']:.1f} GFLOP/s")
     for w in blas["warnings"]:
         print("WARNING:", w)
-    print("FLOPs per batch = 8*B*L*d^2 + 4*B*L^2*d; peak extra memory as core_bench's\n")
+    check = result["memory_check"]
+    print("FLOPs per batch = 8*B*L*d^2 + 4*B*L^2*d; peak extra memory: peak RSS during the runs "
+          "minus RSS with module and input (check: after a {} MiB peak, touching {} MiB measures "
+          "{:.1f} MiB{})\n".format(2 * check["touched_mib"], check["touched_mib"],
+                                   check["peak_extra_mib"],
+                                   "" if check["memory_reset_ok"] else "; VmHWM reset FAILED"))
     cols = " | ".join(f"ms ({t} thr)" for t in thread_counts)
     print(f"| B | L | d_model | heads | precision | weights | {cols} | best ms | GFLOP/s | "
           "peak extra MiB |")
