@@ -4,7 +4,7 @@
 #   make run     deps + build + start attnserve on the embedded demo model
 #                (gRPC :50051, metrics :9090; ARGS="--log-level debug" adds flags)
 #   make test    deps + build + every ctest suite (what .ci/run calls)
-#   make bench   deps + build + the core benchmark table (core_bench; BENCH_ARGS=--quick)
+#   make bench   deps + core_bench + its table (BENCH_ARGS="--quick" or "--filter L8192")
 #   make bench-torch  deps + core_bench + PyTorch's nn.MultiheadAttention on the same
 #                rows (Debian's python3-torch on OpenBLAS) and the speed-up table
 #   make bench-serve  deps + build + the serving benchmark (serve_bench)
@@ -60,13 +60,15 @@ test: deps
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 
 bench: deps
-	$(MAKE) build
+	$(MAKE) $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target core_bench
 	$(BUILD_DIR)/bench/core_bench $(BENCH_ARGS)
 
 # OPENBLAS_CORETYPE: OpenBLAS 0.3.21 does not recognise this CPU and would pick
 # SSE3 kernels; Cooperlake's are the AVX-512 ones it has.
 bench-torch: deps deps-bench
-	$(MAKE) build
+	$(MAKE) $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target core_bench
 	OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-Cooperlake} /usr/bin/python3 bench/compare_torch.py \
 	  --core-bench $(BUILD_DIR)/bench/core_bench $(BENCH_ARGS)
 
