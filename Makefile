@@ -4,7 +4,9 @@
 #   make run     deps + build + start attnserve on the embedded demo model
 #                (gRPC :50051, metrics :9090; ARGS="--log-level debug" adds flags)
 #   make test    deps + build + every ctest suite (what .ci/run calls)
-#   make bench   deps + build + the core benchmark table (core_bench)
+#   make bench   deps + core_bench + its table (BENCH_ARGS="--quick" or "--filter L8192")
+#   make bench-torch  deps + core_bench + PyTorch's nn.MultiheadAttention on the same
+#                rows (Debian's python3-torch on OpenBLAS) and the speed-up table
 #   make bench-serve  deps + build + the serving benchmark (serve_bench)
 #   make golden  regenerate the PyTorch golden fixtures (needs python3-torch)
 
@@ -27,10 +29,15 @@ DEB_PACKAGES := \
 DEB_PACKAGES += $(if $(shell command -v kubectl 2>/dev/null),,kubernetes-client)
 # Only for regenerating fixtures and the demo model.
 DEB_PACKAGES_GOLDEN := python3-torch python3-numpy
+# Only for the PyTorch comparison. Installing libopenblas0-pthread makes OpenBLAS
+# the libblas.so.3 alternative that Debian's PyTorch links (instead of the
+# reference BLAS); bench/torch_mha.py checks that it is really in use.
+DEB_PACKAGES_BENCH := python3-torch python3-numpy libopenblas0-pthread
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-golden build run test bench bench-serve golden demo-model clean
+.PHONY: all deps deps-golden deps-bench build run test bench bench-torch bench-serve golden \
+  demo-model clean
 
 all: build
 
@@ -39,6 +46,9 @@ deps:
 
 deps-golden:
 	@PKGS="$(DEB_PACKAGES_GOLDEN)" SUDO="$(SUDO)" sh tools/install-deps.sh
+
+deps-bench:
+	@PKGS="$(DEB_PACKAGES_BENCH)" SUDO="$(SUDO)" sh tools/install-deps.sh
 
 $(BUILD_DIR)/CMakeCache.txt:
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
@@ -55,8 +65,17 @@ test: deps
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 
 bench: deps
-	$(MAKE) build
-	$(BUILD_DIR)/bench/core_bench --benchmark_min_time=0.5 --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+	$(MAKE) $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target core_bench
+	$(BUILD_DIR)/bench/core_bench $(BENCH_ARGS)
+
+# OPENBLAS_CORETYPE: OpenBLAS 0.3.21 does not recognise this CPU and would pick
+# SSE3 kernels; Cooperlake's are the AVX-512 ones it has.
+bench-torch: deps deps-bench
+	$(MAKE) $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target core_bench
+	OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-Cooperlake} /usr/bin/python3 bench/compare_torch.py \
+	  --core-bench $(BUILD_DIR)/bench/core_bench $(BENCH_ARGS)
 
 bench-serve: deps
 	$(MAKE) build

@@ -1,212 +1,279 @@
-// core_bench: throughput of the attention engines on the shapes,
-// against the machine's roof (one large oneDNN fp32 matmul) measured in the
-// same run. Prints Google Benchmark's table, then a summary of medians:
-// time per batch, GFLOP/s with FLOPs = 2*B*L*d*4d + 4*B*L^2*d, % of roof, and
-// the oneDNN engine's speedup over the reference engine.
+// core_bench: throughput and memory of the oneDNN attention engine on the
+// issue's five shapes, fp32 and bf16, with and without per-head attention
+// weights, against the machine's roofs (one 2048³ oneDNN matmul in fp32 and in
+// bf16) measured in the same run. Prints a markdown table (or JSON with
+// --format json, read by bench/compare_torch.py):
 //
-//   build/bench/core_bench --benchmark_repetitions=5
-//       --benchmark_report_aggregates_only=true
+//   ms         median wall time of one batch (one warm-up run, then at least
+//              --runs runs and --min-time seconds)
+//   GFLOP/s    FLOPs / median, FLOPs = 8·B·L·d² (Q, K, V and output
+//              projections) + 4·B·L²·d (Q·Kᵀ and P·V over the full L², no mask)
+//   % of roof  GFLOP/s over the roof of the row's precision (the higher of the
+//              roof's measurements at the start and at the end of the run)
+//   peak extra MiB  peak resident memory during the runs above the resident
+//              memory with the model, engine and inputs loaded; each row runs
+//              in its own child process (see bench/peak_memory.h). It includes
+//              the returned outputs, and the L×L weights per head when asked.
+//
+//   build/bench/core_bench                 # the full table (a few minutes)
+//   build/bench/core_bench --quick         # fewer runs, roofs once, no reference
+//   build/bench/core_bench --filter L8192 --format json
+//
+// Also prints the oneDNN engine's speed-up over the reference engine on
+// (32, 128, 256, 8), fp32, no weights.
 
-#include <benchmark/benchmark.h>
 #include <omp.h>
+#include <unistd.h>
 
+#include <CLI/CLI.hpp>
+#include <array>
 #include <cstdio>
-#include <map>
-#include <memory>
-#include <random>
+#include <cstdlib>
+#include <iostream>
+#include <limits.h>
 #include <string>
 #include <vector>
 
+#include "bench/bench_case.h"
 #include "core/onednn_engine.h"
 #include "dnnl.hpp"
 
-namespace attnserve::core {
+namespace attnserve::bench {
 namespace {
 
-struct Shape {
-  int batch, length, d_model, heads;
-};
+using nlohmann::json;
+
 const Shape kShapes[] = {{1, 128, 256, 8},   {32, 128, 256, 8},  {8, 512, 512, 8},
                          {1, 2048, 1024, 16}, {1, 8192, 512, 8}};
+const Shape kReferenceShape = {32, 128, 256, 8};
+constexpr int kMemoryCheckMiB = 256;
 
-double Flops(const Shape& s) {
-  const double B = s.batch, L = s.length, d = s.d_model;
-  return 2 * B * L * d * 4 * d + 4 * B * L * L * d;
-}
-
-std::shared_ptr<const Model> BenchModel(const Shape& s) {
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> u(-0.05f, 0.05f);
-  auto m = std::make_shared<Model>();
-  m->name = "bench";
-  m->config.d_model = s.d_model;
-  m->config.num_heads = s.heads;
-  m->config.max_length = s.length;
-  m->config.scale = 1.0 / std::sqrt(double(s.d_model / s.heads));
-  const size_t d = s.d_model;
-  for (auto* w : {&m->weights.q_weight, &m->weights.k_weight, &m->weights.v_weight,
-                  &m->weights.out_weight}) {
-    w->resize(d * d);
-    for (float& x : *w) x = u(rng);
-  }
-  for (auto* b : {&m->weights.q_bias, &m->weights.k_bias, &m->weights.v_bias,
-                  &m->weights.out_bias}) {
-    b->assign(d, 0.01f);
-  }
-  return m;
-}
-
-// Inputs for B sequences of length L; `weights` asks for per-head weights.
-struct Inputs {
-  std::vector<float> data;
-  std::vector<SequenceInput> seqs;
-  Inputs(const Shape& s, bool weights) {
-    std::mt19937 rng(2);
-    std::uniform_real_distribution<float> u(-1, 1);
-    const size_t n = size_t(s.length) * s.d_model;
-    data.resize(n * s.batch);
-    for (float& x : data) x = u(rng);
-    for (int b = 0; b < s.batch; ++b) {
-      SequenceInput in;
-      in.data = std::span<const float>(data).subspan(b * n, n);
-      in.length = s.length;
-      in.weights = weights ? WeightsMode::kPerHead : WeightsMode::kNone;
-      seqs.push_back(in);
-    }
-  }
+struct Options {
+  std::string format = "table";
+  bool quick = false;
+  std::string filter;
+  bool reference = true;
+  TimingOptions timing;
+  std::string run_case;  // internal: run one case in this process, print JSON
 };
 
-void RunEngine(benchmark::State& state, Engine& engine, const Shape& s, bool weights) {
-  Inputs in(s, weights);
-  for (auto _ : state) {
-    auto out = engine.Run(in.seqs);
-    if (!out.ok()) {
-      state.SkipWithError(std::string(out.status().message()).c_str());
-      return;
-    }
-    benchmark::DoNotOptimize(out->data());
+std::string SelfPath() {
+  char buf[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  return n > 0 ? std::string(buf, n) : "core_bench";
+}
+
+// Runs `c` in a fresh child process (this binary with --run-case) so that its
+// memory is measured on a clean heap and a crash or OOM costs only its row.
+json RunInChild(const BenchCase& c, const Options& o) {
+  std::fprintf(stderr, "core_bench: %s ...\n", c.Name().c_str());
+  const std::string cmd = "'" + SelfPath() + "' --run-case " + c.Spec() +
+                          " --threads " + std::to_string(o.timing.threads) +
+                          " --runs " + std::to_string(o.timing.min_runs) +
+                          " --min-time " + std::to_string(o.timing.min_seconds);
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (pipe == nullptr) return {{"name", c.Name()}, {"error", "popen failed"}};
+  std::string out;
+  std::array<char, 4096> buf;
+  while (size_t n = std::fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
+  const int status = pclose(pipe);
+  const size_t start = out.rfind("\n{");
+  json r = json::parse(start == std::string::npos ? out : out.substr(start + 1), nullptr,
+                       /*allow_exceptions=*/false);
+  if (status != 0 || !r.is_object()) {
+    return {{"name", c.Name()},
+            {"error", "child process failed (status " + std::to_string(status) + ")"}};
   }
-  state.counters["GFLOPS"] =
-      benchmark::Counter(Flops(s) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  return r;
 }
 
-void BM_OneDnn(benchmark::State& state, Shape s, bool weights) {
-  auto engine = OneDnnEngine::Create(BenchModel(s));
-  if (!engine.ok()) return state.SkipWithError("engine creation failed");
-  RunEngine(state, **engine, s, weights);
-}
-
-void BM_Reference(benchmark::State& state, Shape s) {
-  auto engine = CreateReferenceEngine(BenchModel(s));
-  if (!engine.ok()) return state.SkipWithError("engine creation failed");
-  RunEngine(state, **engine, s, false);
-}
-
-// The roof: one 2048^3 fp32 matmul, primitive created once, weights in the
-// layout oneDNN prefers (the best case for any GEMM-bound code here).
-void BM_Roof(benchmark::State& state) {
-  using dnnl::memory;
-  const memory::dim n = 2048;
-  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
-  dnnl::stream stream(eng);
-  const auto a_md = memory::desc({n, n}, memory::data_type::f32, memory::format_tag::ab);
-  const auto any = memory::desc({n, n}, memory::data_type::f32, memory::format_tag::any);
-  auto pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, any, a_md), eng);
-  memory a(a_md, eng), b(pd.weights_desc(), eng), c(a_md, eng);
-  for (auto* m : {&a, &b}) {
-    float* p = static_cast<float*>(m->get_data_handle());
-    for (size_t i = 0; i < m->get_desc().get_size() / sizeof(float); ++i) p[i] = 0.001f * (i % 7);
+// The 1-minute load average: how busy the (shared) machine was.
+double LoadAverage() {
+  double load = -1;
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &load) != 1) load = -1;
+    std::fclose(f);
   }
-  dnnl::matmul prim(pd);
-  for (auto _ : state) {
-    prim.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
-    stream.wait();
-  }
-  state.counters["GFLOPS"] =
-      benchmark::Counter(2.0 * n * n * n / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  return load;
 }
 
-std::string ShapeName(const Shape& s) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "B%d_L%d_d%d_h%d", s.batch, s.length, s.d_model, s.heads);
-  return buf;
+bool Selected(const BenchCase& c, const Options& o) {
+  return o.filter.empty() || c.Name().find(o.filter) != std::string::npos;
 }
 
-// Collects each benchmark's median (or its only run) for the summary.
-class SummaryReporter : public benchmark::ConsoleReporter {
- public:
-  struct Result {
-    double seconds, gflops;
-  };
-  std::map<std::string, Result> results;
-
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& r : runs) {
-      const bool median = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
-      if (!median && r.run_type == Run::RT_Aggregate) continue;
-      if (!median && results.count(r.run_name.function_name)) continue;  // keep the median
-      results[r.run_name.function_name] = {r.GetAdjustedRealTime() / 1e3,  // ms -> s
-                                   r.counters.count("GFLOPS") ? double(r.counters.at("GFLOPS")) : 0};
-    }
-  }
-};
-
-void PrintSummary(const SummaryReporter& rep) {
-  auto find = [&](const std::string& name) -> const SummaryReporter::Result* {
-    auto it = rep.results.find(name);
-    return it == rep.results.end() ? nullptr : &it->second;
-  };
-  const auto* roof = find("roof/matmul_2048");
-  const double roof_gflops = roof ? roof->gflops : 0;
-  std::printf("\nattnserve core_bench summary (medians; %d threads; oneDNN ISA %s)\n",
-              omp_get_max_threads(), OneDnnEngine::IsaName().c_str());
-  std::printf("roof: oneDNN fp32 matmul 2048^3 = %.1f GFLOP/s\n\n", roof_gflops);
-  std::printf("| B | L | d_model | heads | weights | ms/batch | GFLOP/s | %% of roof |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+std::vector<BenchCase> AttentionCases(const Options& o) {
+  std::vector<BenchCase> cases;
   for (const Shape& s : kShapes) {
-    for (bool w : {false, true}) {
-      const auto* r = find("onednn/" + ShapeName(s) + (w ? "/weights" : "/no_weights"));
-      if (r == nullptr) continue;
-      std::printf("| %d | %d | %d | %d | %s | %.2f | %.1f | %.0f%% |\n", s.batch, s.length,
-                  s.d_model, s.heads, w ? "per-head" : "none", r->seconds * 1e3, r->gflops,
-                  roof_gflops > 0 ? 100 * r->gflops / roof_gflops : 0);
+    for (bool bf16 : {false, true}) {
+      for (bool weights : {false, true}) {
+        BenchCase c{.kind = BenchCase::Kind::kAttention, .shape = s, .bf16 = bf16,
+                    .per_head_weights = weights};
+        if (Selected(c, o)) cases.push_back(c);
+      }
     }
   }
-  const Shape ref_shape = kShapes[1];
-  const auto* ref = find("reference/" + ShapeName(ref_shape));
-  const auto* fast = find("onednn/" + ShapeName(ref_shape) + "/no_weights");
-  if (ref && fast) {
-    std::printf("\noneDNN engine vs reference engine on %s: %.1f ms vs %.1f ms = %.0fx\n",
-                ShapeName(ref_shape).c_str(), fast->seconds * 1e3, ref->seconds * 1e3,
-                ref->seconds / fast->seconds);
+  return cases;
+}
+
+// Roof of one precision: the best of its measurements (a busy neighbour can
+// only slow a measurement down, so the best is the closest to the machine).
+json BestRoof(const std::vector<json>& measurements) {
+  json best = measurements.front();
+  json gflops = json::array();
+  for (const json& m : measurements) {
+    gflops.push_back(m.value("gflops", 0.0));
+    if (m.value("gflops", 0.0) > best.value("gflops", 0.0)) best = m;
+  }
+  best["measured_gflops"] = gflops;
+  return best;
+}
+
+json RunAll(const Options& o) {
+  json result;
+  const auto v = dnnl::version();
+  result["onednn"] = std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
+                     std::to_string(v->patch);
+  result["isa"] = core::OneDnnEngine::IsaName();
+  result["flops"] = "8*B*L*d^2 + 4*B*L^2*d";
+  result["load_average_start"] = LoadAverage();
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  result["omp_wait_policy"] = wait_policy ? wait_policy : "default";
+  BenchCase check;
+  check.kind = BenchCase::Kind::kMemoryCheck;
+  check.check_mib = kMemoryCheckMiB;
+  result["memory_check"] = RunInChild(check, o);
+  std::vector<json> roofs[2];
+  auto measure_roofs = [&] {
+    for (bool bf16 : {false, true}) {
+      BenchCase roof;
+      roof.kind = BenchCase::Kind::kRoof;
+      roof.bf16 = bf16;
+      roofs[bf16].push_back(RunInChild(roof, o));
+    }
+  };
+  measure_roofs();
+  json rows = json::array();
+  for (const BenchCase& c : AttentionCases(o)) {
+    json r = RunInChild(c, o);
+    r["batch"] = c.shape.batch;
+    r["length"] = c.shape.length;
+    r["d_model"] = c.shape.d_model;
+    r["heads"] = c.shape.heads;
+    r["precision"] = c.bf16 ? "bf16" : "fp32";
+    r["weights"] = c.per_head_weights ? "per-head" : "none";
+    rows.push_back(r);
+  }
+  if (!o.quick) measure_roofs();
+  result["roofs"] = {{"fp32", BestRoof(roofs[0])}, {"bf16", BestRoof(roofs[1])}};
+  for (json& r : rows) {
+    const double roof = result["roofs"][r["precision"].get<std::string>()].value("gflops", 0.0);
+    if (r.contains("gflops") && roof > 0) r["roof_fraction"] = r["gflops"].get<double>() / roof;
+  }
+  result["rows"] = rows;
+  result["threads"] = result["roofs"]["fp32"].value("threads", 0);
+  const BenchCase ref{.kind = BenchCase::Kind::kReference, .shape = kReferenceShape};
+  if (o.reference && !o.quick && Selected(ref, o)) result["reference"] = RunInChild(ref, o);
+  result["load_average_end"] = LoadAverage();
+  return result;
+}
+
+void PrintRoof(const char* precision, const char* what, const json& roof) {
+  std::string measured;
+  for (const json& g : roof.value("measured_gflops", json::array())) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%s%.1f", measured.empty() ? "" : ", ", g.get<double>());
+    measured += buf;
+  }
+  std::printf("roof %s: oneDNN matmul 2048^3 %s = %.1f GFLOP/s, %s (best of: %s)\n", precision,
+              what, roof.value("gflops", 0.0), roof.value("impl", "?").c_str(),
+              measured.c_str());
+}
+
+void PrintRow(const json& r) {
+  std::printf("| %d | %d | %d | %d | %s | %s | ", r["batch"].get<int>(), r["length"].get<int>(),
+              r["d_model"].get<int>(), r["heads"].get<int>(),
+              r["precision"].get<std::string>().c_str(), r["weights"].get<std::string>().c_str());
+  if (r.contains("error")) {
+    std::printf("failed: %s | | | |\n", r["error"].get<std::string>().c_str());
+    return;
+  }
+  std::printf("%.2f | %.1f | %.0f%% | %.1f |\n", r["ms"].get<double>(), r["gflops"].get<double>(),
+              100 * r.value("roof_fraction", 0.0), r["peak_extra_mib"].get<double>());
+}
+
+void PrintTable(const json& result, const Options& o) {
+  std::printf("attnserve core_bench: oneDNN engine, medians, %d threads (oneDNN %s, ISA %s)%s\n",
+              result["threads"].get<int>(), result["onednn"].get<std::string>().c_str(),
+              result["isa"].get<std::string>().c_str(), o.quick ? ", --quick" : "");
+  std::printf("FLOPs per batch = 8*B*L*d^2 (Q, K, V, output projections) + 4*B*L^2*d "
+              "(QK^T and PV, full L^2)\n");
+  std::printf("load average %.1f at start, %.1f at end (2 cores; shared machines are noisy); "
+              "OMP_WAIT_POLICY %s\n", result["load_average_start"].get<double>(),
+              result["load_average_end"].get<double>(),
+              result["omp_wait_policy"].get<std::string>().c_str());
+  PrintRoof("fp32", "f32", result["roofs"]["fp32"]);
+  PrintRoof("bf16", "bf16 in, f32 out", result["roofs"]["bf16"]);
+  const json& check = result["memory_check"];
+  std::printf("peak extra memory: peak RSS during the runs minus RSS with model, engine and "
+              "inputs loaded, one process per row (check: after a %d MiB peak, touching %d MiB "
+              "measures %.1f MiB%s)\n\n",
+              2 * kMemoryCheckMiB,
+              kMemoryCheckMiB, check.value("peak_extra_mib", -1.0),
+              check.value("memory_reset_ok", false) ? "" : "; VmHWM reset FAILED");
+  std::printf("| B | L | d_model | heads | precision | weights | ms | GFLOP/s | %% of roof | "
+              "peak extra MiB |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const json& r : result["rows"]) PrintRow(r);
+  if (!result.contains("reference")) return;
+  const json& ref = result["reference"];
+  for (const json& r : result["rows"]) {
+    if (r["batch"] == kReferenceShape.batch && r["length"] == kReferenceShape.length &&
+        r["d_model"] == kReferenceShape.d_model && r["precision"] == "fp32" &&
+        r["weights"] == "none" && r.contains("ms") && ref.contains("ms")) {
+      std::printf("\noneDNN engine vs reference engine on %s (fp32, no weights): %.1f ms vs "
+                  "%.1f ms = %.0fx\n", ref["name"].get<std::string>().c_str(),
+                  r["ms"].get<double>(), ref["ms"].get<double>(),
+                  ref["ms"].get<double>() / r["ms"].get<double>());
+    }
   }
 }
 
 }  // namespace
-}  // namespace attnserve::core
+}  // namespace attnserve::bench
 
 int main(int argc, char** argv) {
-  using namespace attnserve::core;
-  benchmark::RegisterBenchmark("roof/matmul_2048", BM_Roof)->Unit(benchmark::kMillisecond)->UseRealTime();
-  for (const Shape& s : kShapes) {
-    for (bool w : {false, true}) {
-      benchmark::RegisterBenchmark(
-          ("onednn/" + ShapeName(s) + (w ? "/weights" : "/no_weights")).c_str(), BM_OneDnn, s, w)
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime();
+  using namespace attnserve::bench;
+  Options o;
+  CLI::App app{"attnserve core benchmark: the oneDNN engine against oneDNN's matmul roofs"};
+  app.add_option("--format", o.format, "table (markdown) or json")
+      ->check(CLI::IsMember({"table", "json"}));
+  app.add_flag("--quick", o.quick, "development mode: 3 runs, 0.1 s, roofs once, no reference");
+  app.add_option("--filter", o.filter, "only rows whose name contains this, e.g. L8192 or bf16/none");
+  app.add_flag("!--no-reference", o.reference, "skip the reference-engine comparison");
+  app.add_option("--threads", o.timing.threads, "OpenMP threads; 0 = every core");
+  app.add_option("--runs", o.timing.min_runs, "timed runs per row, at least")->check(CLI::PositiveNumber);
+  app.add_option("--min-time", o.timing.min_seconds, "seconds of timed runs per row, at least");
+  app.add_option("--run-case", o.run_case, "internal: run one case, print its JSON")
+      ->group("");
+  CLI11_PARSE(app, argc, argv);
+  if (!o.run_case.empty()) {
+    const auto c = BenchCase::Parse(o.run_case);
+    if (!c) {
+      std::fprintf(stderr, "core_bench: bad --run-case %s\n", o.run_case.c_str());
+      return 2;
     }
+    std::cout << "\n" << RunCase(*c, o.timing).dump() << std::endl;
+    return 0;
   }
-  benchmark::RegisterBenchmark(("reference/" + ShapeName(kShapes[1])).c_str(), BM_Reference,
-                               kShapes[1])
-      ->Unit(benchmark::kMillisecond)
-      ->UseRealTime()
-      ->Iterations(1);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  SummaryReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
-  PrintSummary(reporter);
+  if (o.quick) {
+    if (app.count("--runs") == 0) o.timing.min_runs = 3;
+    if (app.count("--min-time") == 0) o.timing.min_seconds = 0.1;
+  }
+  const nlohmann::json result = RunAll(o);
+  if (o.format == "json") {
+    std::cout << result.dump(2) << std::endl;
+  } else {
+    PrintTable(result, o);
+  }
   return 0;
 }
