@@ -12,7 +12,7 @@
 // Bounded: each level runs for --seconds and stops by itself.
 //
 //   build/bench/serve_bench [--seconds 5] [--concurrency 1,16,64] [--length 128]
-//                           [--max-queue-delay-us US]
+//                           [--max-queue-delay-us US] [--server-binary PATH]
 
 #include <grpcpp/grpcpp.h>
 
@@ -110,9 +110,9 @@ LevelResult RunLevel(const std::string& target, int concurrency, double seconds,
 // its CPU time can be read apart from the load generator's.
 class ServerProcess {
  public:
-  explicit ServerProcess(const std::vector<std::string>& extra_flags) {
+  ServerProcess(const std::string& binary, const std::vector<std::string>& extra_flags) {
     port_ = FreePort();
-    std::vector<std::string> args = {ATTNSERVE_BINARY, "--host", "127.0.0.1", "--port",
+    std::vector<std::string> args = {binary, "--host", "127.0.0.1", "--port",
                                      std::to_string(port_), "--metrics-port", "0",
                                      "--model-repository", std::string(ATTNSERVE_SOURCE_DIR) + "/models",
                                      "--log-level", "warn"};
@@ -257,6 +257,7 @@ int main(int argc, char** argv) {
   std::vector<int> levels = {1, 16, 64};
   int64_t delay_us = -1;  // -1: the server's default
   std::string target;     // set: load an external server instead (no offline figures)
+  std::string binary = ATTNSERVE_BINARY;  // the server to start
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--seconds") seconds = std::stod(argv[i + 1]);
@@ -264,8 +265,9 @@ int main(int argc, char** argv) {
     else if (flag == "--concurrency") levels = ParseList(argv[i + 1]);
     else if (flag == "--max-queue-delay-us") delay_us = std::stoll(argv[i + 1]);
     else if (flag == "--target") target = argv[i + 1];
+    else if (flag == "--server-binary") binary = argv[i + 1];
     else {
-      std::fprintf(stderr, "usage: serve_bench [--seconds S] [--length L] [--concurrency 1,16,64] [--max-queue-delay-us US] [--target HOST:PORT]\n");
+      std::fprintf(stderr, "usage: serve_bench [--seconds S] [--length L] [--concurrency 1,16,64] [--max-queue-delay-us US] [--target HOST:PORT] [--server-binary PATH]\n");
       return 2;
     }
   }
@@ -289,9 +291,9 @@ int main(int argc, char** argv) {
     if (delay_us >= 0) {
       flags.insert(flags.end(), {"--max-queue-delay-us", std::to_string(delay_us)});
     }
-    ServerProcess server(flags);
+    ServerProcess server(binary, flags);
     if (!server.ok()) {
-      std::fprintf(stderr, "cannot start %s\n", ATTNSERVE_BINARY);
+      std::fprintf(stderr, "cannot start %s\n", binary.c_str());
       return 1;
     }
     for (int c : levels) {
