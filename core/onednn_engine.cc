@@ -247,27 +247,28 @@ void OneDnnEngine::Impl::Project(const Projection& p, const void* src, memory::d
 }
 
 // Packs every sequence end to end into x_buf (x_type), adding the positional
-// encoding.
+// encoding. Rows of every sequence are shared among the threads, so one long
+// sequence packs as fast as many short ones.
 void OneDnnEngine::Impl::PackInput(const AttentionPlan& plan) {
   const size_t d = model->config.d_model;
   void* x = x_buf.Reserve(plan.total_tokens * d * Bytes(x_type));
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-  for (size_t s = 0; s < plan.seqs.size(); ++s) {
-    const SequencePlan& sp = plan.seqs[s];
-    const float* in = sp.input->data.data();
-    const size_t n = size_t{sp.length} * d;
-    // Row by row, so bf16 rounding and positions stay in cache.
+#pragma omp parallel num_threads(num_threads)
+  {
     std::vector<float> row(positions.empty() && x_type == dt::f32 ? 0 : d);
-    for (size_t i = 0; i < n; i += d) {
-      const float* src = in + i;
-      if (!positions.empty()) {
-        for (size_t k = 0; k < d; ++k) row[k] = src[k] + positions[i + k];
-        src = row.data();
-      }
-      if (x_type == dt::bf16) {
-        kernels::ToBf16(src, static_cast<uint16_t*>(x) + sp.offset * d + i, d);
-      } else {
-        std::copy_n(src, d, static_cast<float*>(x) + sp.offset * d + i);
+    for (const SequencePlan& sp : plan.seqs) {
+#pragma omp for schedule(static) nowait
+      for (uint32_t p = 0; p < sp.length; ++p) {
+        const float* src = sp.input->data.data() + size_t{p} * d;
+        if (!positions.empty()) {
+          for (size_t k = 0; k < d; ++k) row[k] = src[k] + positions[p * d + k];
+          src = row.data();
+        }
+        const size_t at = (sp.offset + p) * d;
+        if (x_type == dt::bf16) {
+          kernels::ToBf16(src, static_cast<uint16_t*>(x) + at, d);
+        } else {
+          std::copy_n(src, d, static_cast<float*>(x) + at);
+        }
       }
     }
   }
@@ -292,21 +293,23 @@ void OneDnnEngine::Impl::ComputeQkv(const AttentionPlan& plan) {
   }
   if (!rotary) return;
   const uint32_t dh = c.d_head();
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-  for (size_t s = 0; s < plan.seqs.size(); ++s) {
-    const SequencePlan& sp = plan.seqs[s];
+#pragma omp parallel num_threads(num_threads)
+  {
     std::vector<float> head(dh);
-    for (uint32_t p = 0; p < sp.length; ++p) {
-      const size_t row = (sp.offset + p) * 3 * d;
-      for (uint32_t h = 0; h < 2 * c.num_heads; ++h) {  // q heads, then k heads
-        const size_t at = row + h * dh;
-        if (qkv_type == dt::f32) {
-          rotary->Apply(reinterpret_cast<float*>(qkv) + at, p);
-        } else {  // rotate in f32, round once
-          uint16_t* v = reinterpret_cast<uint16_t*>(qkv) + at;
-          kernels::FromBf16(v, head.data(), dh);
-          rotary->Apply(head.data(), p);
-          kernels::ToBf16(head.data(), v, dh);
+    for (const SequencePlan& sp : plan.seqs) {
+#pragma omp for schedule(static) nowait
+      for (uint32_t p = 0; p < sp.length; ++p) {
+        const size_t row = (sp.offset + p) * 3 * d;
+        for (uint32_t h = 0; h < 2 * c.num_heads; ++h) {  // q heads, then k heads
+          const size_t at = row + h * dh;
+          if (qkv_type == dt::f32) {
+            rotary->Apply(reinterpret_cast<float*>(qkv) + at, p);
+          } else {  // rotate in f32, round once
+            uint16_t* v = reinterpret_cast<uint16_t*>(qkv) + at;
+            kernels::FromBf16(v, head.data(), dh);
+            rotary->Apply(head.data(), p);
+            kernels::ToBf16(head.data(), v, dh);
+          }
         }
       }
     }
