@@ -56,7 +56,7 @@ struct PlanOptions {
   uint32_t min_rows = 8;   // ... and at least (when the sequence has them)
   // Keys per tile when a sequence without returned weights is too long for a
   // max_rows x L block within block_floats.
-  uint32_t key_tile = 512;
+  uint32_t key_tile = 1024;
 };
 
 struct AttentionPlan {

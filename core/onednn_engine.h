@@ -33,7 +33,7 @@ struct OneDnnEngineOptions {
   // are not returned) stream their keys in tiles instead. Must be >= 64.
   size_t score_block_floats = size_t{1} << 18;
   // Keys per tile on that streaming path. Must be >= 1.
-  uint32_t key_tile = 512;
+  uint32_t key_tile = 1024;
 };
 
 class OneDnnEngine : public Engine {

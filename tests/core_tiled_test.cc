@@ -143,7 +143,7 @@ TEST(TiledAttention, LongCausalSequenceOnDefaultTiles) {
   c.scale = 0.125;
   auto model = RandomModel(c, 12);
   auto reference = CreateReferenceEngine(model);
-  // 64 rows x 1500 keys exceeds this budget: tiles of the default 512 keys.
+  // 64 rows x 1500 keys exceeds this budget: tiles of the default 1024 keys.
   auto engine = OneDnnEngine::Create(model, {.score_block_floats = 64 * 1024});
   ASSERT_TRUE(reference.ok() && engine.ok());
   std::mt19937 rng(1);
