@@ -44,9 +44,12 @@ uint32_t SequencePlan::KeyEnd(uint32_t i) const {
   return end;
 }
 
-AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch,
-                                size_t block_floats, uint32_t max_rows,
-                                uint32_t min_rows) {
+size_t AttentionTask::TileFloats() const {
+  return size_t{row_end - row_begin} * std::min(key_end - key_begin, key_tile);
+}
+
+AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t num_heads,
+                                const PlanOptions& options) {
   AttentionPlan plan;
   plan.seqs.resize(batch.size());
   for (size_t s = 0; s < batch.size(); ++s) {
@@ -56,8 +59,17 @@ AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch,
     sp.length = batch[s].length;
     plan.total_tokens += sp.length;
     BuildEdges(batch[s].mask, sp.length, sp);
-    const uint32_t rows = static_cast<uint32_t>(std::clamp<size_t>(
-        block_floats / sp.length, min_rows, max_rows));
+    const bool weights = batch[s].weights != WeightsMode::kNone;
+    // Returned weights need whole score rows: shrink the block instead.
+    const uint32_t rows =
+        weights ? static_cast<uint32_t>(std::clamp<size_t>(options.block_floats / sp.length,
+                                                           options.min_rows, options.max_rows))
+                : options.max_rows;
+    const bool fits = weights || size_t{rows} * sp.length <= options.block_floats;
+    const uint32_t key_tile = fits ? sp.length : options.key_tile;
+    // The mean over heads is summed in place by one task; anything else
+    // splits per head.
+    const uint32_t heads_per_task = batch[s].weights == WeightsMode::kMean ? num_heads : 1;
     for (uint32_t r = 0; r < sp.length; r += rows) {
       AttentionTask task;
       task.seq = static_cast<uint32_t>(s);
@@ -65,17 +77,24 @@ AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch,
       task.row_end = std::min(sp.length, r + rows);
       task.key_begin = sp.KeyBegin(task.row_begin);
       task.key_end = sp.KeyEnd(task.row_end - 1);
-      plan.tasks.push_back(task);
-      plan.max_block_floats =
-          std::max<size_t>(plan.max_block_floats, size_t{task.row_end - task.row_begin} *
-                                                      (task.key_end - task.key_begin));
+      task.key_tile = key_tile;
+      plan.max_tile_floats = std::max(plan.max_tile_floats, task.TileFloats());
+      plan.max_rows = std::max(plan.max_rows, task.row_end - task.row_begin);
+      for (uint32_t h = 0; h < num_heads; h += heads_per_task) {
+        task.head_begin = h;
+        task.head_end = h + heads_per_task;
+        plan.tasks.push_back(task);
+      }
     }
   }
   // Longest first, so dynamic scheduling does not end on one big straggler.
+  auto cost = [](const AttentionTask& t) {
+    return size_t{t.row_end - t.row_begin} * (t.key_end - t.key_begin) *
+           (t.head_end - t.head_begin);
+  };
   std::stable_sort(plan.tasks.begin(), plan.tasks.end(),
-                   [](const AttentionTask& a, const AttentionTask& b) {
-                     return size_t{a.row_end - a.row_begin} * (a.key_end - a.key_begin) >
-                            size_t{b.row_end - b.row_begin} * (b.key_end - b.key_begin);
+                   [&](const AttentionTask& a, const AttentionTask& b) {
+                     return cost(a) > cost(b);
                    });
   return plan;
 }
@@ -83,9 +102,11 @@ AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch,
 uint32_t MaskRow(const SequencePlan& seq, uint32_t i, uint32_t key_begin,
                  float* row, uint32_t width, float* scratch) {
   constexpr float kMasked = -std::numeric_limits<float>::infinity();
-  // Range of keys causal/window allow, relative to the block.
-  const uint32_t lo = seq.KeyBegin(i) - key_begin;
-  const uint32_t hi = std::min(seq.KeyEnd(i) - key_begin, width);
+  // Range of keys causal/window allow, clamped to the window and made
+  // relative to it (empty when the window lies outside the range).
+  const uint32_t key_end = key_begin + width;
+  const uint32_t lo = std::clamp(seq.KeyBegin(i), key_begin, key_end) - key_begin;
+  const uint32_t hi = std::max(std::clamp(seq.KeyEnd(i), key_begin, key_end) - key_begin, lo);
   if (seq.edge_offsets.empty()) {
     std::fill(row, row + lo, kMasked);
     std::fill(row + hi, row + width, kMasked);
@@ -93,10 +114,12 @@ uint32_t MaskRow(const SequencePlan& seq, uint32_t i, uint32_t key_begin,
   }
   std::fill(scratch, scratch + width, kMasked);
   uint32_t allowed = 0;
-  for (uint32_t e = seq.edge_offsets[i]; e < seq.edge_offsets[i + 1]; ++e) {
-    const uint32_t j = seq.edge_keys[e];
-    if (j < lo + key_begin || j >= hi + key_begin) continue;
-    scratch[j - key_begin] = row[j - key_begin];
+  // The row's keys are sorted: start at the first one inside [lo, hi).
+  const auto keys_end = seq.edge_keys.begin() + seq.edge_offsets[i + 1];
+  for (auto it = std::lower_bound(seq.edge_keys.begin() + seq.edge_offsets[i], keys_end,
+                                  lo + key_begin);
+       it != keys_end && *it < hi + key_begin; ++it) {
+    scratch[*it - key_begin] = row[*it - key_begin];
     ++allowed;
   }
   std::copy(scratch, scratch + width, row);

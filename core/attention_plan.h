@@ -1,7 +1,8 @@
 // AttentionPlan: how a batch of sequences is packed end to end (token offsets)
-// and split into attention tasks (one sequence, a block of query rows, the
-// range of keys those rows may see), with each mask turned into per-row key
-// ranges plus a sorted edge list. Pure data, built once per batch by one
+// and split into attention tasks (one sequence, a block of query rows, one
+// head or all of them, the range of keys those rows may see, and the key tile
+// width the task streams that range in), with each mask turned into per-row
+// key ranges plus a sorted edge list. Pure data, built once per batch by one
 // thread and then only read; safe to read from many threads.
 #ifndef ATTNSERVE_CORE_ATTENTION_PLAN_H_
 #define ATTNSERVE_CORE_ATTENTION_PLAN_H_
@@ -32,29 +33,55 @@ struct SequencePlan {
 };
 
 struct AttentionTask {
-  uint32_t seq = 0;                     // index into AttentionPlan::seqs
-  uint32_t row_begin = 0, row_end = 0;  // query rows within the sequence
-  uint32_t key_begin = 0, key_end = 0;  // union of their key ranges
+  uint32_t seq = 0;                       // index into AttentionPlan::seqs
+  uint32_t row_begin = 0, row_end = 0;    // query rows within the sequence
+  uint32_t key_begin = 0, key_end = 0;    // union of their key ranges
+  uint32_t head_begin = 0, head_end = 0;  // heads this task computes
+  // Keys per score tile. key_end - key_begin <= key_tile: the whole score
+  // block is materialized and normalized at once (needed when the weights
+  // are returned); otherwise keys are streamed in tiles of this width with a
+  // running (online) normalization, so memory does not grow with L.
+  uint32_t key_tile = 0;
+
+  bool tiled() const { return key_end - key_begin > key_tile; }
+  // Score entries of one tile: rows x min(keys, key_tile).
+  size_t TileFloats() const;
+};
+
+struct PlanOptions {
+  // Score floats (rows x keys) one task keeps at once; ~1 MiB keeps a block
+  // in L2 between Q.K^T, the normalization and P.V.
+  size_t block_floats = size_t{1} << 18;
+  uint32_t max_rows = 64;  // query rows per task at most
+  uint32_t min_rows = 8;   // ... and at least (when the sequence has them)
+  // Keys per tile when a sequence without returned weights is too long for a
+  // max_rows x L block within block_floats.
+  uint32_t key_tile = 1024;
 };
 
 struct AttentionPlan {
   std::vector<SequencePlan> seqs;
   std::vector<AttentionTask> tasks;  // most expensive first
   size_t total_tokens = 0;
-  size_t max_block_floats = 0;  // largest rows x keys of any task
+  size_t max_tile_floats = 0;  // largest TileFloats() of any task
+  uint32_t max_rows = 0;       // largest row_end - row_begin of any task
 };
 
-// REQUIRES: every sequence passed ValidateSequence. Query rows are split in
-// blocks of at most `max_rows` rows, fewer for long sequences so that a
-// block's scores (rows x keys) stay within `block_floats` where possible.
-AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch,
-                                size_t block_floats, uint32_t max_rows,
-                                uint32_t min_rows);
+// REQUIRES: every sequence passed ValidateSequence; num_heads >= 1.
+// A sequence whose weights are returned is split in blocks of at most
+// max_rows rows, fewer for long sequences so that a block's scores (rows x
+// all its keys) stay within block_floats where possible. Other sequences use
+// max_rows-row blocks and stream their keys in key_tile tiles when rows x
+// keys would exceed block_floats. Each block is one task per head (so a
+// single sequence still spreads over every core), except for kMean weights,
+// where one task sums every head's weights into the shared mean.
+AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t num_heads,
+                                const PlanOptions& options = {});
 
 // Masks one score row of query `i`: `row` holds the scores of keys
-// [key_begin, key_begin + width); entries the mask forbids become -inf.
-// Returns how many keys remain allowed. `scratch` holds at least `width`
-// floats.
+// [key_begin, key_begin + width), which may be any window of the sequence's
+// keys (a tile); entries the mask forbids become -inf. Returns how many keys
+// of the window remain allowed. `scratch` holds at least `width` floats.
 uint32_t MaskRow(const SequencePlan& seq, uint32_t i, uint32_t key_begin,
                  float* row, uint32_t width, float* scratch);
 

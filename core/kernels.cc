@@ -72,6 +72,48 @@ ATTN_MULTIVERSION void ReluNormalizeRow(float* row, size_t n, uint32_t allowed) 
   for (size_t j = 0; j < n; ++j) row[j] = (row[j] > 0.0f ? row[j] : 0.0f) * inv;
 }
 
+ATTN_MULTIVERSION float OnlineSoftmaxRow(float* row, size_t n, float* running_max,
+                                         float* running_sum) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  float max = *running_max;
+#pragma omp simd reduction(max : max)
+  for (size_t j = 0; j < n; ++j) max = row[j] > max ? row[j] : max;
+  if (max == kNegInf) {  // nothing allowed so far: no state to rescale
+    for (size_t j = 0; j < n; ++j) row[j] = 0.0f;
+    return 1.0f;
+  }
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (size_t j = 0; j < n; ++j) {
+    const float e = ExpInline(row[j] - max);  // -inf - max = -inf -> 0
+    row[j] = e;
+    sum += e;
+  }
+  const float rescale = ExpInline(*running_max - max);  // -inf (first) -> 0
+  *running_sum = *running_sum * rescale + sum;
+  *running_max = max;
+  return rescale;
+}
+
+ATTN_MULTIVERSION void ReluRow(float* row, size_t n) {
+#pragma omp simd
+  for (size_t j = 0; j < n; ++j) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+}
+
+ATTN_MULTIVERSION void ToBf16(const float* src, uint16_t* dst, size_t n) {
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t bits = std::bit_cast<uint32_t>(src[i]);
+    const uint32_t round = 0x7fffu + ((bits >> 16) & 1u);  // to nearest, ties to even
+    dst[i] = static_cast<uint16_t>((bits + round) >> 16);
+  }
+}
+
+ATTN_MULTIVERSION void FromBf16(const uint16_t* src, float* dst, size_t n) {
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) dst[i] = std::bit_cast<float>(uint32_t{src[i]} << 16);
+}
+
 ATTN_MULTIVERSION void AdditiveScores(const float* q, const float* keys,
                                       size_t key_stride, const float* v,
                                       uint32_t d_head, size_t n, float* scores) {

@@ -8,11 +8,13 @@
 #include <optional>
 #include <string>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "core/attention_plan.h"
 #include "core/kernels.h"
+#include "core/onednn_attention.h"
 #include "core/positional.h"
-#include "core/safetensors.h"
+#include "core/scratch.h"
 #include "dnnl.hpp"
 
 namespace attnserve::core {
@@ -22,20 +24,33 @@ using dnnl::memory;
 using dt = memory::data_type;
 constexpr memory::dim kRuntime = DNNL_RUNTIME_DIM_VAL;
 
-// Score-block budget per thread: rows x keys floats kept within ~1 MiB so a
-// block stays in L2 between the Q.K^T matmul, the normalization and P.V.
-constexpr size_t kScoreBlockFloats = size_t{1} << 18;
-constexpr uint32_t kMaxBlockRows = 64;
-constexpr uint32_t kMinBlockRows = 8;
+// Scratch buffers up to this size are kept for the next batch; larger ones
+// (a rare huge batch) are freed after it so they do not pin memory.
+constexpr size_t kRetainedScratchBytes = size_t{128} << 20;
 
 // A matrix in caller memory: rows x cols with row stride `ld` (elements).
 memory::desc RowMajor(memory::dim rows, memory::dim cols, memory::dim ld,
                       dt type = dt::f32) {
   return memory::desc({rows, cols}, type, {ld, 1});
 }
-// The transpose view of a row-major rows x cols matrix: cols x rows.
-memory::desc Transposed(memory::dim rows, memory::dim cols, memory::dim ld) {
-  return memory::desc({cols, rows}, dt::f32, {1, ld});
+
+size_t Bytes(dt type) { return type == dt::bf16 ? 2 : 4; }
+
+// True when the CPU executes bf16 dot products natively (AVX512-BF16 or AMX);
+// oneDNN's bf16 emulation on older CPUs is slower than fp32.
+bool HasNativeBf16() {
+  const auto have = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto need = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
+  return (have & need) == need;
+}
+
+// Elementwise conversion of n floats to bf16 on every thread.
+void ToBf16Parallel(const float* src, uint16_t* dst, size_t n, int threads) {
+  constexpr size_t kChunk = size_t{1} << 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (size_t i = 0; i < n; i += kChunk) {
+    kernels::ToBf16(src + i, dst + i, std::min(kChunk, n - i));
+  }
 }
 
 std::string IsaToString(dnnl::cpu_isa isa) {
@@ -60,7 +75,8 @@ struct Projection {
   dnnl::matmul prim;
   memory weights;  // oneDNN's preferred layout, compute precision
   memory bias;     // 1 x out, f32
-  dt src_type = dt::f32;
+  dt src_type = dt::f32;  // input and weights
+  dt dst_type = dt::f32;  // output (f32 accumulation either way)
   memory::dim in = 0, out = 0;
 };
 
@@ -70,50 +86,60 @@ struct OneDnnEngine::Impl {
   int num_threads = 1;
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::optional<Projection> qkv_proj, out_proj;
-  dnnl::matmul scores_prim;   // S = scale * Q K^T, every dim and stride runtime
-  dnnl::matmul context_prim;  // C = P V, every dim and stride runtime
+  std::unique_ptr<OneDnnAttention> attention;
+  dt x_type = dt::f32;    // packed input (the QKV projection's input)
+  dt qkv_type = dt::f32;  // packed Q/K/V (the attention matmuls' input)
+  std::string compute_path;
+  PlanOptions plan_options;
   std::vector<float> positions;  // max_length x d_model added to the input, or empty
   std::optional<RotaryTable> rotary;
   std::atomic<uint64_t> primitives_created{0};
 
   std::mutex mu;  // serializes Run; guards everything below
-  std::vector<dnnl::stream> streams;          // one per OpenMP thread
-  std::vector<std::vector<float>> score_buf;  // one score block per thread
-  std::vector<float> x_buf, qkv_buf, ctx_buf, out_buf;
-  std::vector<uint16_t> bf16_buf;  // projection input in bf16 precision
+  dnnl::stream stream{eng};
+  // Packed input x [T, d] (x_type); after the QKV projection it is dead and
+  // holds the output projection's input or output instead (see RunLocked).
+  ScratchBuffer x_buf;
+  ScratchBuffer qkv_buf;  // [T, 3d], qkv_type
+  ScratchBuffer ctx_buf;  // [T, d] f32
 
   absl::Status Init(const OneDnnEngineOptions& options);
+  absl::Status CreatePrimitives(bool bf16);
   Projection MakeProjection(const std::vector<float>& weights_ab,
                             const std::vector<float>& bias, memory::dim in,
-                            memory::dim out, dt type);
-  void Project(const Projection& p, const float* src, memory::dim rows, float* dst);
+                            memory::dim out, dt src_type, dt dst_type);
+  void Project(const Projection& p, const void* src, memory::dim rows, void* dst);
+  void PackInput(const AttentionPlan& plan);
+  void ComputeQkv(const AttentionPlan& plan);
   absl::StatusOr<std::vector<SequenceOutput>> RunLocked(
       std::span<const SequenceInput> batch);
-  void RunAttention(const AttentionPlan& plan, std::vector<SequenceOutput>& outs);
-  void AttendBlock(const AttentionPlan& plan, const AttentionTask& task,
-                   std::vector<SequenceOutput>& outs, int thread);
 };
 
 Projection OneDnnEngine::Impl::MakeProjection(const std::vector<float>& weights_ab,
                                               const std::vector<float>& bias,
                                               memory::dim in, memory::dim out,
-                                              dt type) {
+                                              dt src_type, dt dst_type) {
   Projection p;
-  p.src_type = type;
+  p.src_type = src_type;
+  p.dst_type = dst_type;
   p.in = in;
   p.out = out;
-  const auto src_md = memory::desc({kRuntime, in}, type, {in, 1});
-  const auto w_any = memory::desc({in, out}, type, memory::format_tag::any);
+  const auto src_md = memory::desc({kRuntime, in}, src_type, {in, 1});
+  const auto w_any = memory::desc({in, out}, src_type, memory::format_tag::any);
   const auto b_md = memory::desc({1, out}, dt::f32, {out, 1});
-  const auto dst_md = memory::desc({kRuntime, out}, dt::f32, {out, 1});
+  const auto dst_md = memory::desc({kRuntime, out}, dst_type, {out, 1});
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::library);
   auto pd = dnnl::matmul::primitive_desc(
       dnnl::matmul::desc(src_md, w_any, b_md, dst_md), attr, eng);
+  if (std::string impl = pd.impl_info_str(); impl.rfind("ref", 0) == 0) {
+    throw dnnl::error(dnnl_unimplemented, ("only the reference matmul (" + impl +
+                                           ") for the projections").c_str());
+  }
   p.prim = dnnl::matmul(pd);
   ++primitives_created;
   // Reorder the plain weights (K x N, f32) into the layout and type the
-  // primitive wants; done once here, never per call.
+  // primitive wants (bf16 weights are rounded here, once); never per call.
   memory plain(memory::desc({in, out}, dt::f32, {out, 1}), eng,
                const_cast<float*>(weights_ab.data()));
   p.weights = memory(pd.weights_desc(), eng);
@@ -126,13 +152,20 @@ Projection OneDnnEngine::Impl::MakeProjection(const std::vector<float>& weights_
   return p;
 }
 
-absl::Status OneDnnEngine::Impl::Init(const OneDnnEngineOptions& options) {
+// Creates the projections and the attention stage in bf16 or fp32. bf16:
+// projections take bf16 input and weights; with dot relevance Q/K/V and the
+// weights enter the attention matmuls as bf16 too (additive relevance has no
+// Q.K^T matmul: its tanh scores need f32 q and k, so it keeps them f32).
+absl::Status OneDnnEngine::Impl::CreatePrimitives(bool bf16) {
   const ModelConfig& c = model->config;
   const ModelWeights& w = model->weights;
-  num_threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
-  const dt type = c.precision == Precision::kBf16 ? dt::bf16 : dt::f32;
-  const memory::dim d = c.d_model;
+  const bool attention_bf16 = bf16 && c.relevance == Relevance::kDot;
+  qkv_type = attention_bf16 ? dt::bf16 : dt::f32;
+  x_type = c.projections ? (bf16 ? dt::bf16 : dt::f32) : qkv_type;
+  qkv_proj.reset();
+  out_proj.reset();
   if (c.projections) {
+    const memory::dim d = c.d_model;
     // x W^T needs W^T (d_in x d_out) row-major: transpose PyTorch's [out, in].
     std::vector<float> qkv_t(d * 3 * d), out_t(d * d), qkv_b(3 * d);
     const std::vector<float>* parts[3] = {&w.q_weight, &w.k_weight, &w.v_weight};
@@ -148,69 +181,139 @@ absl::Status OneDnnEngine::Impl::Init(const OneDnnEngineOptions& options) {
     for (memory::dim o = 0; o < d; ++o) {
       for (memory::dim i = 0; i < d; ++i) out_t[i * d + o] = w.out_weight[o * d + i];
     }
-    qkv_proj = MakeProjection(qkv_t, qkv_b, d, 3 * d, type);
-    out_proj = MakeProjection(out_t, w.out_bias, d, d, type);
+    try {
+      qkv_proj = MakeProjection(qkv_t, qkv_b, d, 3 * d, x_type, qkv_type);
+      out_proj = MakeProjection(out_t, w.out_bias, d, d, x_type, dt::f32);
+    } catch (const dnnl::error& e) {
+      return absl::InternalError(absl::StrCat("oneDNN has no ", bf16 ? "bf16" : "f32",
+                                              " projection matmul here: ", e.what()));
+    }
+  }
+  absl::StatusOr<std::unique_ptr<OneDnnAttention>> a =
+      OneDnnAttention::Create(model, eng, attention_bf16, num_threads);
+  if (!a.ok()) return a.status();
+  attention = *std::move(a);
+  primitives_created += attention->primitives_created();
+  return absl::OkStatus();
+}
+
+absl::Status OneDnnEngine::Impl::Init(const OneDnnEngineOptions& options) {
+  const ModelConfig& c = model->config;
+  num_threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
+  plan_options.block_floats = options.score_block_floats;
+  plan_options.key_tile = options.key_tile;
+  const std::string isa = IsaToString(dnnl::get_effective_cpu_isa());
+  compute_path = absl::StrCat("fp32 (", isa, ")");
+  bool done = false;
+  if (c.precision == Precision::kBf16) {
+    if (!HasNativeBf16()) {
+      compute_path = absl::StrCat("fp32 (bf16 requested; ", isa, " has no native bf16)");
+    } else if (!c.projections && c.relevance == Relevance::kAdditive) {
+      // No projections, and additive scores need f32 q and k: nothing left.
+      compute_path = absl::StrCat("fp32 (bf16 requested; ", isa,
+                                  ": no bf16 matmul in a parameter-free additive model)");
+    } else if (absl::Status st = CreatePrimitives(/*bf16=*/true); st.ok()) {
+      const bool attention_bf16 = attention->bf16();
+      compute_path = absl::StrCat("bf16 (", isa, "; ", c.projections ? "projections" : "",
+                                  c.projections && attention_bf16 ? " and " : "",
+                                  attention_bf16 ? "attention" : "", ")");
+      done = true;
+    } else {
+      compute_path = absl::StrCat("fp32 (bf16 requested; ", st.message(), ")");
+    }
+  }
+  if (!done) {
+    if (absl::Status st = CreatePrimitives(/*bf16=*/false); !st.ok()) return st;
   }
   if (c.positional == Positional::kSinusoidal) {
     positions = SinusoidalTable(c.max_length, c.d_model);
   } else if (c.positional == Positional::kLearned) {
-    positions = w.pos_embedding;
+    positions = model->weights.pos_embedding;
   } else if (c.positional == Positional::kRotary) {
     rotary.emplace(c.max_length, c.d_head());
   }
-  dnnl::primitive_attr scores_attr;
-  scores_attr.set_output_scales(0, {DNNL_RUNTIME_F32_VAL});
-  scores_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  // Only the row counts vary per call; strides are fixed by the model (Q, K
-  // and V are column slices of the [T, 3d] projection, the context a slice of
-  // [T, d]) and the scores block is dense. Runtime strides would send oneDNN
-  // to its reference matmul.
-  const memory::dim dh = c.d_head();
-  const auto q_md = memory::desc({kRuntime, dh}, dt::f32, {3 * d, 1});
-  const auto kt_md = memory::desc({dh, kRuntime}, dt::f32, {1, 3 * d});
-  const auto scores_md = memory::desc({kRuntime, kRuntime}, dt::f32, memory::format_tag::ab);
-  const auto v_md = memory::desc({kRuntime, dh}, dt::f32, {3 * d, 1});
-  const auto ctx_md = memory::desc({kRuntime, dh}, dt::f32, {d, 1});
-  auto scores_pd = dnnl::matmul::primitive_desc(
-      dnnl::matmul::desc(q_md, kt_md, scores_md), scores_attr, eng);
-  dnnl::primitive_attr context_attr;
-  context_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  auto context_pd = dnnl::matmul::primitive_desc(
-      dnnl::matmul::desc(scores_md, v_md, ctx_md), context_attr, eng);
-  const std::string scores_impl = scores_pd.impl_info_str();
-  const std::string context_impl = context_pd.impl_info_str();
-  if (scores_impl.rfind("ref", 0) == 0 || context_impl.rfind("ref", 0) == 0) {
-    return absl::InternalError(absl::StrCat(
-        "oneDNN picked its reference matmul for attention (", scores_impl, ", ",
-        context_impl, "); refusing to run slow"));
-  }
-  if (scores_pd.scratchpad_desc().get_size() != 0 ||
-      context_pd.scratchpad_desc().get_size() != 0) {
-    return absl::InternalError("oneDNN attention matmuls unexpectedly need a scratchpad");
-  }
-  scores_prim = dnnl::matmul(scores_pd);
-  context_prim = dnnl::matmul(context_pd);
-  primitives_created += 2;
-  for (int t = 0; t < num_threads; ++t) streams.emplace_back(eng);
-  score_buf.resize(num_threads);
   return absl::OkStatus();
 }
 
-void OneDnnEngine::Impl::Project(const Projection& p, const float* src,
-                                 memory::dim rows, float* dst) {
-  const void* handle = src;
-  if (p.src_type == dt::bf16) {
-    bf16_buf.resize(rows * p.in);
-    for (memory::dim i = 0; i < rows * p.in; ++i) bf16_buf[i] = FloatToBf16(src[i]);
-    handle = bf16_buf.data();
+void OneDnnEngine::Impl::Project(const Projection& p, const void* src, memory::dim rows,
+                                 void* dst) {
+  memory src_mem(RowMajor(rows, p.in, p.in, p.src_type), eng, const_cast<void*>(src));
+  memory dst_mem(RowMajor(rows, p.out, p.out, p.dst_type), eng, dst);
+  p.prim.execute(stream, {{DNNL_ARG_SRC, src_mem},
+                          {DNNL_ARG_WEIGHTS, p.weights},
+                          {DNNL_ARG_BIAS, p.bias},
+                          {DNNL_ARG_DST, dst_mem}});
+  stream.wait();
+}
+
+// Packs every sequence end to end into x_buf (x_type), adding the positional
+// encoding. Rows of every sequence are shared among the threads, so one long
+// sequence packs as fast as many short ones.
+void OneDnnEngine::Impl::PackInput(const AttentionPlan& plan) {
+  const size_t d = model->config.d_model;
+  void* x = x_buf.Reserve(plan.total_tokens * d * Bytes(x_type));
+#pragma omp parallel num_threads(num_threads)
+  {
+    std::vector<float> row(positions.empty() && x_type == dt::f32 ? 0 : d);
+    for (const SequencePlan& sp : plan.seqs) {
+#pragma omp for schedule(static) nowait
+      for (uint32_t p = 0; p < sp.length; ++p) {
+        const float* src = sp.input->data.data() + size_t{p} * d;
+        if (!positions.empty()) {
+          for (size_t k = 0; k < d; ++k) row[k] = src[k] + positions[p * d + k];
+          src = row.data();
+        }
+        const size_t at = (sp.offset + p) * d;
+        if (x_type == dt::bf16) {
+          kernels::ToBf16(src, static_cast<uint16_t*>(x) + at, d);
+        } else {
+          std::copy_n(src, d, static_cast<float*>(x) + at);
+        }
+      }
+    }
   }
-  memory src_mem(RowMajor(rows, p.in, p.in, p.src_type), eng, const_cast<void*>(handle));
-  memory dst_mem(RowMajor(rows, p.out, p.out), eng, dst);
-  p.prim.execute(streams[0], {{DNNL_ARG_SRC, src_mem},
-                              {DNNL_ARG_WEIGHTS, p.weights},
-                              {DNNL_ARG_BIAS, p.bias},
-                              {DNNL_ARG_DST, dst_mem}});
-  streams[0].wait();
+}
+
+// Q, K, V for every token at once into qkv_buf [T, 3d] (qkv_type), then the
+// rotary encoding of q and k.
+void OneDnnEngine::Impl::ComputeQkv(const AttentionPlan& plan) {
+  const ModelConfig& c = model->config;
+  const size_t d = c.d_model, T = plan.total_tokens, elem = Bytes(qkv_type);
+  char* qkv = static_cast<char*>(qkv_buf.Reserve(T * 3 * d * elem));
+  const char* x = static_cast<const char*>(x_buf.Reserve(0));
+  if (qkv_proj) {
+    Project(*qkv_proj, x, T, qkv);
+  } else {  // parameter-free: Q = K = V = X (x_type == qkv_type)
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (size_t t = 0; t < T; ++t) {
+      for (int part = 0; part < 3; ++part) {
+        std::copy_n(x + t * d * elem, d * elem, qkv + (t * 3 + part) * d * elem);
+      }
+    }
+  }
+  if (!rotary) return;
+  const uint32_t dh = c.d_head();
+#pragma omp parallel num_threads(num_threads)
+  {
+    std::vector<float> head(dh);
+    for (const SequencePlan& sp : plan.seqs) {
+#pragma omp for schedule(static) nowait
+      for (uint32_t p = 0; p < sp.length; ++p) {
+        const size_t row = (sp.offset + p) * 3 * d;
+        for (uint32_t h = 0; h < 2 * c.num_heads; ++h) {  // q heads, then k heads
+          const size_t at = row + h * dh;
+          if (qkv_type == dt::f32) {
+            rotary->Apply(reinterpret_cast<float*>(qkv) + at, p);
+          } else {  // rotate in f32, round once
+            uint16_t* v = reinterpret_cast<uint16_t*>(qkv) + at;
+            kernels::FromBf16(v, head.data(), dh);
+            rotary->Apply(head.data(), p);
+            kernels::ToBf16(head.data(), v, dh);
+          }
+        }
+      }
+    }
+  }
 }
 
 absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
@@ -220,45 +323,17 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
   // oneDNN sizes its own parallel regions from the calling thread's OpenMP
   // setting (a per-thread value), so set it here, on the thread that runs.
   omp_set_num_threads(num_threads);
-  const AttentionPlan plan =
-      MakeAttentionPlan(batch, kScoreBlockFloats, kMaxBlockRows, kMinBlockRows);
+  // On every exit: a huge batch's buffers are not kept for the next one.
+  absl::Cleanup trim = [this] {
+    for (ScratchBuffer* b : {&x_buf, &qkv_buf, &ctx_buf}) b->Trim(kRetainedScratchBytes);
+    attention->TrimScratch(kRetainedScratchBytes);
+  };
+  const AttentionPlan plan = MakeAttentionPlan(batch, c.num_heads, plan_options);
   const size_t T = plan.total_tokens;
-  // 1. Pack every sequence end to end, adding the positional encoding.
-  x_buf.resize(T * d);
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-  for (size_t s = 0; s < plan.seqs.size(); ++s) {
-    const SequencePlan& sp = plan.seqs[s];
-    float* x = &x_buf[sp.offset * d];
-    std::copy(sp.input->data.begin(), sp.input->data.end(), x);
-    if (!positions.empty()) {
-      for (size_t n = 0; n < size_t{sp.length} * d; ++n) x[n] += positions[n];
-    }
-  }
-  // 2. Q, K, V for every token at once: [T, 3d].
-  qkv_buf.resize(T * 3 * d);
-  if (qkv_proj) {
-    Project(*qkv_proj, x_buf.data(), T, qkv_buf.data());
-  } else {
-    for (size_t t = 0; t < T; ++t) {  // parameter-free: Q = K = V = X
-      for (int part = 0; part < 3; ++part) {
-        std::copy_n(&x_buf[t * d], d, &qkv_buf[t * 3 * d + part * d]);
-      }
-    }
-  }
-  if (rotary) {
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-    for (size_t s = 0; s < plan.seqs.size(); ++s) {
-      const SequencePlan& sp = plan.seqs[s];
-      for (uint32_t p = 0; p < sp.length; ++p) {
-        float* row = &qkv_buf[(sp.offset + p) * 3 * d];
-        for (uint32_t h = 0; h < c.num_heads; ++h) {
-          rotary->Apply(row + h * c.d_head(), p);      // q
-          rotary->Apply(row + d + h * c.d_head(), p);  // k
-        }
-      }
-    }
-  }
-  // 3. Attention per (sequence, row block) -> context [T, d].
+  // 1-2. Pack the input, project to Q, K, V.
+  PackInput(plan);
+  ComputeQkv(plan);
+  // 3. Attention per (sequence, row block, head) -> context [T, d].
   std::vector<SequenceOutput> outs(batch.size());
   for (size_t s = 0; s < batch.size(); ++s) {
     const size_t L = batch[s].length;
@@ -268,14 +343,22 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
       outs[s].attention.assign(1, std::vector<float>(L * L, 0.0f));
     }
   }
-  ctx_buf.resize(T * d);
-  RunAttention(plan, outs);
-  // 4. Output projection over every token at once.
-  const float* y = ctx_buf.data();
+  float* ctx = ctx_buf.ReserveAs<float>(T * d);
+  attention->Run(plan, qkv_buf.Reserve(0), ctx, outs);
+  // 4. Output projection over every token at once. x_buf is free again: it
+  // takes the output (f32), or in bf16 the rounded context, with the output
+  // written over the f32 context.
+  const float* y = ctx;
   if (out_proj) {
-    out_buf.resize(T * d);
-    Project(*out_proj, ctx_buf.data(), T, out_buf.data());
-    y = out_buf.data();
+    if (out_proj->src_type == dt::bf16) {
+      uint16_t* ctx16 = x_buf.ReserveAs<uint16_t>(T * d);
+      ToBf16Parallel(ctx, ctx16, T * d, num_threads);
+      Project(*out_proj, ctx16, T, ctx);
+    } else {
+      float* out = x_buf.ReserveAs<float>(T * d);
+      Project(*out_proj, ctx, T, out);
+      y = out;
+    }
   }
   // 5. Unpack (into the caller's buffers where given), pooling where asked.
   //    Memory-bound copies: spread over the threads for large batches.
@@ -299,92 +382,6 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
   return outs;
 }
 
-void OneDnnEngine::Impl::RunAttention(const AttentionPlan& plan,
-                                      std::vector<SequenceOutput>& outs) {
-  for (auto& buf : score_buf) buf.resize(2 * plan.max_block_floats);  // scores + one masking row
-  std::atomic<bool> failed{false};
-  std::string error;
-  // oneDNN primitives called inside this region run on the calling thread
-  // (OpenMP nesting is off), so the two levels of parallelism do not fight.
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-  for (size_t n = 0; n < plan.tasks.size(); ++n) {
-    if (failed.load(std::memory_order_relaxed)) continue;
-    try {
-      AttendBlock(plan, plan.tasks[n], outs, omp_get_thread_num());
-    } catch (const std::exception& e) {  // dnnl::error, std::bad_alloc
-#pragma omp critical(attn_error)
-      if (!failed.exchange(true)) error = e.what();
-    }
-  }
-  if (failed) throw std::runtime_error(error);
-}
-
-void OneDnnEngine::Impl::AttendBlock(const AttentionPlan& plan, const AttentionTask& task,
-                                     std::vector<SequenceOutput>& outs, int thread) {
-  const ModelConfig& c = model->config;
-  const memory::dim d = c.d_model, dh = c.d_head(), ld = 3 * d;
-  const SequencePlan& sp = plan.seqs[task.seq];
-  const SequenceInput& seq = *sp.input;
-  const uint32_t rows = task.row_end - task.row_begin;
-  const uint32_t width = task.key_end - task.key_begin;
-  const uint32_t L = sp.length;
-  float* scores = score_buf[thread].data();
-  float* scratch = scores + size_t{rows} * width;
-  dnnl::stream& stream = streams[thread];
-  const float* q0 = &qkv_buf[(sp.offset + task.row_begin) * ld];
-  const float* k0 = &qkv_buf[(sp.offset + task.key_begin) * ld + d];
-  const float* v0 = &qkv_buf[(sp.offset + task.key_begin) * ld + 2 * d];
-  float scale = static_cast<float>(c.scale);
-  memory scale_mem(memory::desc({1}, dt::f32, {1}), eng, &scale);
-  memory scores_mem(RowMajor(rows, width, width), eng, scores);
-  for (uint32_t h = 0; h < c.num_heads; ++h) {
-    if (c.relevance == Relevance::kDot) {
-      memory q_mem(RowMajor(rows, dh, ld), eng, const_cast<float*>(q0 + h * dh));
-      memory kt_mem(Transposed(width, dh, ld), eng, const_cast<float*>(k0 + h * dh));
-      scores_prim.execute(stream, {{DNNL_ARG_SRC, q_mem},
-                                   {DNNL_ARG_WEIGHTS, kt_mem},
-                                   {DNNL_ARG_DST, scores_mem},
-                                   {DNNL_ARG_ATTR_OUTPUT_SCALES, scale_mem}});
-    } else {
-      const float* v = &model->weights.additive_v[h * dh];
-      for (uint32_t r = 0; r < rows; ++r) {
-        kernels::AdditiveScores(q0 + r * ld + h * dh, k0 + h * dh, ld, v, dh, width,
-                                scores + size_t{r} * width);
-      }
-    }
-    for (uint32_t r = 0; r < rows; ++r) {
-      float* row = scores + size_t{r} * width;
-      const uint32_t allowed = MaskRow(sp, task.row_begin + r, task.key_begin, row, width, scratch);
-      if (c.normalization == Normalization::kSoftmax) {
-        kernels::SoftmaxRow(row, width);
-      } else {
-        kernels::ReluNormalizeRow(row, width, allowed);
-      }
-    }
-    memory v_mem(RowMajor(width, dh, ld), eng, const_cast<float*>(v0 + h * dh));
-    memory ctx_mem(RowMajor(rows, dh, d), eng,
-                   &ctx_buf[(sp.offset + task.row_begin) * d + h * dh]);
-    context_prim.execute(stream, {{DNNL_ARG_SRC, scores_mem},
-                                  {DNNL_ARG_WEIGHTS, v_mem},
-                                  {DNNL_ARG_DST, ctx_mem}});
-    if (seq.weights == WeightsMode::kNone) continue;
-    // Weights out: the block's rows, keys [key_begin, key_end); the rest stays 0.
-    const bool mean = seq.weights == WeightsMode::kMean;
-    float* w = outs[task.seq].attention[mean ? 0 : h].data();
-    const float factor = mean ? 1.0f / c.num_heads : 1.0f;
-    for (uint32_t r = 0; r < rows; ++r) {
-      float* dst = w + size_t{task.row_begin + r} * L + task.key_begin;
-      const float* src = scores + size_t{r} * width;
-      if (mean) {
-        for (uint32_t j = 0; j < width; ++j) dst[j] += factor * src[j];
-      } else {
-        std::copy_n(src, width, dst);
-      }
-    }
-  }
-  stream.wait();
-}
-
 OneDnnEngine::OneDnnEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 OneDnnEngine::~OneDnnEngine() = default;
 
@@ -394,6 +391,12 @@ absl::StatusOr<std::unique_ptr<OneDnnEngine>> OneDnnEngine::Create(
   absl::Status st = ValidateModelConfig(model->config, model->name);
   if (st.ok()) st = ValidateModelWeights(model->config, model->weights, model->name);
   if (!st.ok()) return st;
+  if (options.score_block_floats < 64 || options.key_tile < 1 || options.num_threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "OneDnnEngineOptions: num_threads must be >= 0, score_block_floats >= 64 and "
+        "key_tile >= 1; were ", options.num_threads, ", ", options.score_block_floats,
+        " and ", options.key_tile));
+  }
   auto impl = std::make_unique<Impl>();
   impl->model = std::move(model);
   try {
@@ -420,6 +423,8 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Run(
 }
 
 uint64_t OneDnnEngine::primitives_created() const { return impl_->primitives_created; }
+
+const std::string& OneDnnEngine::compute_path() const { return impl_->compute_path; }
 
 std::string OneDnnEngine::IsaName() { return IsaToString(dnnl::get_effective_cpu_isa()); }
 

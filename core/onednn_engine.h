@@ -1,8 +1,15 @@
 // The oneDNN engine: the production attention engine. Tokens of all sequences
 // of a batch are packed end to end (no padding); the Q/K/V projection and the
 // output projection each run as one oneDNN matmul over every token of the
-// batch; attention runs per (sequence, block of query rows) on all cores, with
-// oneDNN matmuls for Q.K^T and P.V and a fused mask + normalization kernel.
+// batch; attention runs per (sequence, block of query rows, head) on all
+// cores, with oneDNN matmuls for Q.K^T and P.V and a fused mask +
+// normalization kernel. A sequence whose weights are not returned streams its
+// keys in tiles with a running (online) normalization when it is long, so
+// its memory is O(L * d_model), not O(heads * L^2). With "precision": "bf16"
+// the weights are held in bf16 and the matmuls take bf16 operands with f32
+// accumulation (AMX or AVX512-BF16, whichever oneDNN finds); normalization
+// and outputs stay f32. A CPU without native bf16 computes in fp32 instead
+// (see compute_path()). Every primitive is created once, in Create.
 // Thread-safe: concurrent Run calls are serialized.
 #ifndef ATTNSERVE_CORE_ONEDNN_ENGINE_H_
 #define ATTNSERVE_CORE_ONEDNN_ENGINE_H_
@@ -17,8 +24,16 @@
 namespace attnserve::core {
 
 struct OneDnnEngineOptions {
-  // Threads for one batch (OpenMP); 0 = every core (OpenMP's default).
+  // Threads for one batch (OpenMP); 0 = every core (OpenMP's default). Both
+  // the engine's own parallel loops and oneDNN's use exactly this many.
   int num_threads = 0;
+  // Attention tuning; the defaults suit a 1-2 MiB L2 per core.
+  // Score floats (query rows x keys) one task keeps at once, per thread.
+  // Sequences whose 64-row block of scores would exceed it (and whose weights
+  // are not returned) stream their keys in tiles instead. Must be >= 64.
+  size_t score_block_floats = size_t{1} << 18;
+  // Keys per tile on that streaming path. Must be >= 1.
+  uint32_t key_tile = 1024;
 };
 
 class OneDnnEngine : public Engine {
@@ -39,6 +54,11 @@ class OneDnnEngine : public Engine {
   // Constant in steady state: every primitive takes runtime shapes, so a
   // batch of any composition creates none.
   uint64_t primitives_created() const;
+
+  // Which precision this engine computes in and why, for startup logs: e.g.
+  // "bf16 (avx512_core_bf16; projections and attention)" or
+  // "fp32 (bf16 requested; avx2 has no native bf16)".
+  const std::string& compute_path() const;
 
   // The instruction set oneDNN dispatches to on this machine (e.g.
   // "avx512_core_bf16"), for startup logs.

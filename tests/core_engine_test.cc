@@ -25,87 +25,14 @@ using testing::RandomModel;
 using testing::RandomVector;
 using testing::RelativeL2;
 
+using testing::Batch;
+using testing::ExpectClose;
+using testing::MixedBatch;
+
 constexpr double kTolerance = 1e-5;
 
-enum class MaskKind { kNone, kCausal, kWindow, kEdges, kCausalWindow, kAll, kCount };
-
-Mask RandomMask(MaskKind kind, uint32_t L, std::mt19937& rng) {
-  Mask m;
-  std::uniform_int_distribution<uint32_t> any(0, L - 1);
-  const bool edges = kind == MaskKind::kEdges || kind == MaskKind::kAll;
-  m.causal = kind == MaskKind::kCausal || kind == MaskKind::kCausalWindow ||
-             kind == MaskKind::kAll;
-  if (kind == MaskKind::kWindow || kind == MaskKind::kCausalWindow || kind == MaskKind::kAll) {
-    m.window = std::uniform_int_distribution<uint32_t>(1, 6)(rng);
-  }
-  if (edges) {
-    // About three keys per row, duplicates included; some rows get none
-    // (those must come out as zero weights and a zero context).
-    for (uint32_t n = 0; n < 3 * L; ++n) {
-      const uint32_t i = any(rng);
-      const uint32_t j = (n % 2 == 0) ? any(rng) : i - std::min(i, any(rng) % 3);
-      m.edges.push_back(i);
-      m.edges.push_back(j);
-    }
-  }
-  return m;
-}
-
-struct Batch {
-  std::vector<std::vector<float>> data;
-  std::vector<SequenceInput> seqs;
-};
-
-// Every (mask kind x weights mode x pooling), each with a random length in
-// [1, max_len] (the first is 1, the second max_len).
-Batch MixedBatch(uint32_t d_model, uint32_t max_len, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<uint32_t> len(1, max_len);
-  Batch b;
-  for (int mk = 0; mk < static_cast<int>(MaskKind::kCount); ++mk) {
-    for (int wm = 0; wm < 3; ++wm) {
-      for (int pool = 0; pool < 3; ++pool) {
-        const size_t n = b.data.size();
-        const uint32_t L = n == 0 ? 1 : n == 1 ? max_len : len(rng);
-        b.data.push_back(RandomVector(rng, size_t{L} * d_model, 1.0f));
-        SequenceInput s;
-        s.length = L;
-        s.mask = RandomMask(static_cast<MaskKind>(mk), L, rng);
-        s.weights = static_cast<WeightsMode>(wm);
-        s.pooling = static_cast<Pooling>(pool);
-        b.seqs.push_back(s);
-      }
-    }
-  }
-  for (size_t n = 0; n < b.seqs.size(); ++n) b.seqs[n].data = b.data[n];
-  return b;
-}
-
-void ExpectClose(const std::vector<SequenceOutput>& got,
-                 const std::vector<SequenceOutput>& want, double tol) {
-  ASSERT_EQ(got.size(), want.size());
-  for (size_t s = 0; s < got.size(); ++s) {
-    SCOPED_TRACE(::testing::Message() << "sequence " << s);
-    EXPECT_EQ(got[s].rows, want[s].rows);
-    EXPECT_LE(RelativeL2(got[s].output, want[s].output), tol);
-    ASSERT_EQ(got[s].attention.size(), want[s].attention.size());
-    for (size_t h = 0; h < got[s].attention.size(); ++h) {
-      EXPECT_LE(RelativeL2(got[s].attention[h], want[s].attention[h]), tol) << "head " << h;
-    }
-  }
-}
-
 ModelConfig Config(Positional pos, Relevance rel, Normalization norm, bool proj) {
-  ModelConfig c;
-  c.d_model = 32;
-  c.num_heads = 4;
-  c.positional = pos;
-  c.max_length = 300;
-  c.relevance = rel;
-  c.normalization = norm;
-  c.projections = proj;
-  c.scale = 1.0 / std::sqrt(8.0);
-  return c;
+  return testing::SmallConfig(pos, rel, norm, proj);
 }
 
 using Combo = std::tuple<Positional, Relevance, Normalization, bool>;
@@ -231,25 +158,6 @@ TEST(OneDnnEngine, ThreadCountDoesNotChangeResults) {
   auto b = (*two)->Run(batch.seqs);
   ASSERT_TRUE(a.ok() && b.ok());
   ExpectClose(*a, *b, 1e-6);
-}
-
-// bf16 compute against the exact (double) reference. bf16 keeps 8 mantissa
-// bits: each rounded operand carries relative error <= 2^-9 ~ 2e-3, and the
-// projections' sums average those errors down; 2e-2 bounds it with margin
-// while a wrong layout or missing bias would be off by O(1).
-TEST(OneDnnEngine, Bf16PrecisionIsCloseToExact) {
-  ModelConfig c = Config(Positional::kSinusoidal, Relevance::kDot,
-                         Normalization::kSoftmax, true);
-  c.precision = Precision::kBf16;
-  auto model = RandomModel(c, 10);
-  auto reference = CreateReferenceEngine(model);
-  auto engine = OneDnnEngine::Create(model);
-  ASSERT_TRUE(engine.ok()) << engine.status();
-  const Batch batch = MixedBatch(32, 100, 12);
-  auto want = (*reference)->Run(batch.seqs);
-  auto got = (*engine)->Run(batch.seqs);
-  ASSERT_TRUE(want.ok() && got.ok());
-  ExpectClose(*got, *want, 2e-2);
 }
 
 TEST(OneDnnEngine, InvalidSequencesAreRejected) {

@@ -9,6 +9,7 @@
 
 #include "core/attention_plan.h"
 #include "core/kernels.h"
+#include "core/safetensors.h"
 
 namespace attnserve::core {
 namespace {
@@ -75,31 +76,104 @@ TEST(Kernels, AdditiveScoresMatchTanhDefinition) {
   }
 }
 
-TEST(AttentionPlan, PacksSequencesAndCoversEveryRowOnce) {
-  std::vector<float> data(1000);
-  std::vector<SequenceInput> batch(3);
-  const uint32_t lengths[] = {5, 300, 70};
-  for (int s = 0; s < 3; ++s) {
+// Streaming a row through OnlineSoftmaxRow tile by tile, rescaling what was
+// accumulated as told, gives the softmax of the whole row; all-masked tiles
+// (first, middle, or every one) are handled.
+TEST(Kernels, OnlineSoftmaxTilesEqualWholeRowSoftmax) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-30, 30);
+  for (int pattern = 0; pattern < 4; ++pattern) {
+    const size_t n = 50, tile = 8;
+    std::vector<float> row(n);
+    for (size_t j = 0; j < n; ++j) {
+      const bool masked = pattern == 1 ? j < 20 : pattern == 2 ? (j / tile) % 2 == 1 : pattern == 3;
+      row[j] = masked ? -kInf : u(rng) + (j > 30 ? 25.0f : 0.0f);  // the max moves late
+    }
+    std::vector<float> want = row;
+    const bool any = kernels::SoftmaxRow(want.data(), n);
+    float max = -kInf, sum = 0;
+    std::vector<float> got(n, 0.0f);  // unnormalized weights seen so far
+    for (size_t kb = 0; kb < n; kb += tile) {
+      const size_t w = std::min(tile, n - kb);
+      std::vector<float> part(row.begin() + kb, row.begin() + kb + w);
+      const float rescale = kernels::OnlineSoftmaxRow(part.data(), w, &max, &sum);
+      for (size_t j = 0; j < kb; ++j) got[j] *= rescale;
+      std::copy(part.begin(), part.end(), got.begin() + kb);
+    }
+    EXPECT_EQ(sum > 0, any) << pattern;
+    for (size_t j = 0; j < n; ++j) {
+      EXPECT_NEAR(sum > 0 ? got[j] / sum : got[j], want[j], 1e-6) << pattern << " " << j;
+    }
+  }
+}
+
+TEST(Kernels, ReluRowAndBf16Conversion) {
+  std::vector<float> row = {-kInf, -1.0f, 0.0f, 2.5f};
+  kernels::ReluRow(row.data(), row.size());
+  EXPECT_EQ(row, (std::vector<float>{0.0f, 0.0f, 0.0f, 2.5f}));
+  // Round to nearest even on the 16 dropped bits; exact values stay exact.
+  // bf16 keeps 7 mantissa bits: the ulp of 1 is 2^-7.
+  std::vector<float> src = {1.0f, -2.5f, 1.0f + 0x1p-8f, 1.0f + 0x3p-8f, 1.0f + 0x1p-9f,
+                            1.0f + 0x1p-8f + 0x1p-20f, 65504.0f};
+  const std::vector<float> want = {1.0f, -2.5f, 1.0f, 1.0f + 0x1p-6f, 1.0f,
+                                   1.0f + 0x1p-7f, 65536.0f};
+  std::mt19937 rng(9);  // and the loader's scalar conversion on any magnitude
+  std::uniform_real_distribution<float> mantissa(-2.0f, 2.0f);
+  std::uniform_int_distribution<int> exponent(-140, 120);
+  for (int n = 0; n < 1000; ++n) src.push_back(std::ldexp(mantissa(rng), exponent(rng)));
+  std::vector<uint16_t> bf(src.size());
+  std::vector<float> back(src.size());
+  kernels::ToBf16(src.data(), bf.data(), src.size());
+  kernels::FromBf16(bf.data(), back.data(), bf.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(back[i], want[i]) << i;
+  for (size_t i = 0; i < src.size(); ++i) {
+    EXPECT_EQ(bf[i], FloatToBf16(src[i])) << src[i];
+    EXPECT_EQ(back[i], Bf16ToFloat(bf[i])) << src[i];
+  }
+}
+
+// Every (row, head) of every sequence belongs to exactly one task, whose key
+// range covers the row's; blocks respect the row and tile budgets.
+TEST(AttentionPlan, PacksSequencesAndCoversEveryRowAndHeadOnce) {
+  constexpr uint32_t kHeads = 3;
+  std::vector<float> data(100000);
+  std::vector<SequenceInput> batch(4);
+  const uint32_t lengths[] = {5, 300, 70, 2000};
+  const WeightsMode modes[] = {WeightsMode::kPerHead, WeightsMode::kMean, WeightsMode::kNone,
+                               WeightsMode::kNone};
+  for (int s = 0; s < 4; ++s) {
     batch[s].length = lengths[s];
     batch[s].data = std::span<const float>(data).first(lengths[s]);
+    batch[s].weights = modes[s];
   }
   batch[1].mask.causal = true;
   batch[1].mask.window = 10;
-  const AttentionPlan plan = MakeAttentionPlan(batch, /*block_floats=*/3000, 64, 8);
-  EXPECT_EQ(plan.total_tokens, 375u);
+  const PlanOptions options{.block_floats = 3000, .max_rows = 64, .min_rows = 8, .key_tile = 100};
+  const AttentionPlan plan = MakeAttentionPlan(batch, kHeads, options);
+  EXPECT_EQ(plan.total_tokens, 2375u);
   EXPECT_EQ(plan.seqs[1].offset, 5u);
   EXPECT_EQ(plan.seqs[2].offset, 305u);
-  std::vector<int> covered(375, 0);
+  std::vector<int> covered(2375 * kHeads, 0);
   for (const AttentionTask& t : plan.tasks) {
     const SequencePlan& sp = plan.seqs[t.seq];
-    EXPECT_LE(t.row_end - t.row_begin, 3000 / sp.length < 8 ? 8u : std::min(64u, 3000 / sp.length));
+    const uint32_t rows = t.row_end - t.row_begin;
+    if (sp.input->weights != WeightsMode::kNone) {  // whole rows, fewer of them
+      EXPECT_LE(rows, 3000 / sp.length < 8 ? 8u : std::min(64u, 3000 / sp.length));
+      EXPECT_FALSE(t.tiled());
+    } else {  // full blocks; tiles once rows x keys exceed the budget
+      EXPECT_EQ(rows, std::min(64u, sp.length - t.row_begin));
+      EXPECT_EQ(t.key_tile, 64 * sp.length > 3000 ? 100u : sp.length);
+    }
+    EXPECT_LE(t.TileFloats(), plan.max_tile_floats);
+    // kMean sums heads in one task; everything else is one task per head.
+    EXPECT_EQ(t.head_end - t.head_begin, sp.input->weights == WeightsMode::kMean ? kHeads : 1u);
     for (uint32_t i = t.row_begin; i < t.row_end; ++i) {
-      ++covered[sp.offset + i];
+      for (uint32_t h = t.head_begin; h < t.head_end; ++h) ++covered[(sp.offset + i) * kHeads + h];
       EXPECT_GE(sp.KeyBegin(i), t.key_begin);  // the block's keys cover every row's keys
       EXPECT_LE(sp.KeyEnd(i), t.key_end);
     }
     if (t.seq == 1) {  // causal + window 10: at most rows + 10 keys, not all 300
-      EXPECT_LE(t.key_end - t.key_begin, t.row_end - t.row_begin + 10);
+      EXPECT_LE(t.key_end - t.key_begin, rows + 10);
     }
   }
   for (int c : covered) EXPECT_EQ(c, 1);
@@ -112,13 +186,52 @@ TEST(AttentionPlan, MaskRowCombinesRangeAndEdges) {
   in.data = data;
   in.mask.causal = true;
   in.mask.edges = {3, 5, 3, 1, 3, 1, 3, 2, 4, 0};  // row 3: keys {1, 2, 5}; 5 > 3 is not causal
-  const AttentionPlan plan = MakeAttentionPlan(std::span(&in, 1), 1000, 64, 8);
+  const AttentionPlan plan = MakeAttentionPlan(std::span(&in, 1), 1);
   std::vector<float> row(6, 1.0f), scratch(6);
   EXPECT_EQ(MaskRow(plan.seqs[0], 3, 0, row.data(), 6, scratch.data()), 2u);
   const std::vector<float> want = {-kInf, 1, 1, -kInf, -kInf, -kInf};
   EXPECT_EQ(row, want);
   std::vector<float> row0(6, 1.0f);  // row 0 has no edges at all
   EXPECT_EQ(MaskRow(plan.seqs[0], 0, 0, row0.data(), 6, scratch.data()), 0u);
+}
+
+// A tile (any window of keys) sees exactly the allowed keys that fall in it,
+// for every mask rule: the tiles of a row add up to the whole row.
+TEST(AttentionPlan, MaskRowOnTilesAddsUpToTheWholeRow) {
+  constexpr uint32_t L = 40;
+  std::vector<float> data(L);
+  std::mt19937 rng(5);
+  for (int variant = 0; variant < 8; ++variant) {
+    SequenceInput in;
+    in.length = L;
+    in.data = data;
+    in.mask.causal = variant & 1;
+    in.mask.window = (variant & 2) ? 7 : 0;
+    if (variant & 4) {
+      for (int e = 0; e < 120; ++e) {
+        in.mask.edges.push_back(rng() % L);
+        in.mask.edges.push_back(rng() % L);
+      }
+    }
+    const AttentionPlan plan = MakeAttentionPlan(std::span(&in, 1), 1);
+    std::vector<float> scratch(L);
+    for (uint32_t i = 0; i < L; ++i) {
+      std::vector<float> whole(L, 1.0f);
+      const uint32_t allowed = MaskRow(plan.seqs[0], i, 0, whole.data(), L, scratch.data());
+      for (uint32_t tile : {1u, 6u, 16u}) {
+        uint32_t sum = 0;
+        for (uint32_t kb = 0; kb < L; kb += tile) {
+          const uint32_t w = std::min(tile, L - kb);
+          std::vector<float> part(w, 1.0f);
+          sum += MaskRow(plan.seqs[0], i, kb, part.data(), w, scratch.data());
+          for (uint32_t j = 0; j < w; ++j) {
+            EXPECT_EQ(part[j], whole[kb + j]) << "variant " << variant << " row " << i << " key " << kb + j;
+          }
+        }
+        EXPECT_EQ(sum, allowed) << "variant " << variant << " row " << i << " tile " << tile;
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -1,5 +1,8 @@
 #include "tests/test_util.h"
 
+#include <gtest/gtest.h>
+
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -54,6 +57,102 @@ std::shared_ptr<const core::Model> RandomModel(const core::ModelConfig& config,
     wt.additive_v = RandomVector(rng, d, std::sqrt(3.0f / config.d_head()));
   }
   return model;
+}
+
+core::ModelConfig SmallConfig(core::Positional pos, core::Relevance rel,
+                              core::Normalization norm, bool proj, uint32_t max_length) {
+  core::ModelConfig c;
+  c.d_model = 32;
+  c.num_heads = 4;
+  c.positional = pos;
+  c.max_length = max_length;
+  c.relevance = rel;
+  c.normalization = norm;
+  c.projections = proj;
+  c.scale = 1.0 / std::sqrt(8.0);
+  return c;
+}
+
+core::Mask RandomMask(MaskKind kind, uint32_t L, std::mt19937& rng) {
+  core::Mask m;
+  std::uniform_int_distribution<uint32_t> any(0, L - 1);
+  const bool edges = kind == MaskKind::kEdges || kind == MaskKind::kAll;
+  m.causal = kind == MaskKind::kCausal || kind == MaskKind::kCausalWindow ||
+             kind == MaskKind::kAll;
+  if (kind == MaskKind::kWindow || kind == MaskKind::kCausalWindow || kind == MaskKind::kAll) {
+    m.window = std::uniform_int_distribution<uint32_t>(1, 6)(rng);
+  }
+  if (edges) {
+    for (uint32_t n = 0; n < 3 * L; ++n) {
+      const uint32_t i = any(rng);
+      const uint32_t j = (n % 2 == 0) ? any(rng) : i - std::min(i, any(rng) % 3);
+      m.edges.push_back(i);
+      m.edges.push_back(j);
+    }
+  }
+  return m;
+}
+
+void Batch::Add(uint32_t L, uint32_t d_model, core::Mask mask, core::WeightsMode weights,
+                core::Pooling pooling, std::mt19937& rng) {
+  data.push_back(RandomVector(rng, size_t{L} * d_model, 1.0f));
+  core::SequenceInput s;
+  s.length = L;
+  s.mask = std::move(mask);
+  s.weights = weights;
+  s.pooling = pooling;
+  seqs.push_back(std::move(s));
+}
+
+void Batch::Seal() {
+  for (size_t n = 0; n < seqs.size(); ++n) seqs[n].data = data[n];
+}
+
+Batch MixedBatch(uint32_t d_model, uint32_t max_len, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<uint32_t> len(1, max_len);
+  Batch b;
+  for (int mk = 0; mk < static_cast<int>(MaskKind::kCount); ++mk) {
+    for (int wm = 0; wm < 3; ++wm) {
+      for (int pool = 0; pool < 3; ++pool) {
+        const size_t n = b.data.size();
+        const uint32_t L = n == 0 ? 1 : n == 1 ? max_len : len(rng);
+        // Draw the data first: the random stream stays what it always was.
+        std::vector<float> x = RandomVector(rng, size_t{L} * d_model, 1.0f);
+        b.data.push_back(std::move(x));
+        core::SequenceInput s;
+        s.length = L;
+        s.mask = RandomMask(static_cast<MaskKind>(mk), L, rng);
+        s.weights = static_cast<core::WeightsMode>(wm);
+        s.pooling = static_cast<core::Pooling>(pool);
+        b.seqs.push_back(s);
+      }
+    }
+  }
+  b.Seal();
+  return b;
+}
+
+double ExpectClose(const std::vector<core::SequenceOutput>& got,
+                   const std::vector<core::SequenceOutput>& want, double tol) {
+  double worst = 0;
+  EXPECT_EQ(got.size(), want.size());
+  if (got.size() != want.size()) return std::numeric_limits<double>::infinity();
+  for (size_t s = 0; s < got.size(); ++s) {
+    SCOPED_TRACE(::testing::Message() << "sequence " << s);
+    EXPECT_EQ(got[s].rows, want[s].rows);
+    const double out_err = RelativeL2(got[s].output, want[s].output);
+    EXPECT_LE(out_err, tol);
+    worst = std::max(worst, out_err);
+    EXPECT_EQ(got[s].attention.size(), want[s].attention.size());
+    if (got[s].attention.size() != want[s].attention.size()) continue;
+    for (size_t h = 0; h < got[s].attention.size(); ++h) {
+      const double err = RelativeL2(got[s].attention[h], want[s].attention[h]);
+      EXPECT_LE(err, tol) << "head " << h;
+      worst = std::max(worst, err);
+    }
+  }
+  return worst;
 }
 
 }  // namespace attnserve::testing

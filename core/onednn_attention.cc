@@ -1,0 +1,295 @@
+#include "core/onednn_attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <stdexcept>
+
+#include "absl/strings/str_cat.h"
+#include "core/kernels.h"
+
+namespace attnserve::core {
+namespace {
+
+using dnnl::memory;
+using dt = memory::data_type;
+constexpr memory::dim kRuntime = DNNL_RUNTIME_DIM_VAL;
+
+memory::desc RowMajor(memory::dim rows, memory::dim cols, memory::dim ld, dt type) {
+  return memory::desc({rows, cols}, type, {ld, 1});
+}
+// The transpose view of a row-major rows x cols matrix: cols x rows.
+memory::desc Transposed(memory::dim rows, memory::dim cols, memory::dim ld, dt type) {
+  return memory::desc({cols, rows}, type, {1, ld});
+}
+
+// Per-row statistics of a tiled task: running max, running sum (softmax) or
+// allowed-key count (ReLU), and the rescale factor of the current tile.
+struct RowStats {
+  float* max;
+  float* sum;
+  float* rescale;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<OneDnnAttention>> OneDnnAttention::Create(
+    std::shared_ptr<const Model> model, const dnnl::engine& eng, bool bf16, int num_threads) {
+  std::unique_ptr<OneDnnAttention> a(new OneDnnAttention());
+  const ModelConfig& c = model->config;
+  a->model_ = std::move(model);
+  a->eng_ = eng;
+  a->bf16_ = bf16;
+  a->num_threads_ = num_threads;
+  a->act_type_ = bf16 ? dt::bf16 : dt::f32;
+  a->act_bytes_ = bf16 ? 2 : 4;
+  // Only the row counts vary per call; strides are fixed by the model (Q, K
+  // and V are column slices of the [T, 3d] projection, the context a slice of
+  // [T, d]) and the score block is dense. Runtime strides would send oneDNN
+  // to its reference matmul.
+  const memory::dim d = c.d_model, dh = c.d_head();
+  const dt act = a->act_type_;
+  const auto q_md = memory::desc({kRuntime, dh}, act, {3 * d, 1});
+  const auto kt_md = memory::desc({dh, kRuntime}, act, {1, 3 * d});
+  const auto scores_md = memory::desc({kRuntime, kRuntime}, dt::f32, memory::format_tag::ab);
+  const auto probs_md = memory::desc({kRuntime, kRuntime}, act, memory::format_tag::ab);
+  const auto v_md = memory::desc({kRuntime, dh}, act, {3 * d, 1});
+  const auto ctx_md = memory::desc({kRuntime, dh}, dt::f32, {d, 1});
+  try {
+    dnnl::primitive_attr scores_attr;
+    scores_attr.set_output_scales(0, {DNNL_RUNTIME_F32_VAL});
+    scores_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::primitive_attr context_attr;
+    context_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::primitive_attr acc_attr;  // (copying an attr would share its handle)
+    acc_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::post_ops sum;
+    sum.append_sum(1.0f);
+    acc_attr.set_post_ops(sum);
+    const dnnl::matmul::primitive_desc pds[] = {
+        {dnnl::matmul::desc(q_md, kt_md, scores_md), scores_attr, eng},
+        {dnnl::matmul::desc(probs_md, v_md, ctx_md), context_attr, eng},
+        {dnnl::matmul::desc(probs_md, v_md, ctx_md), acc_attr, eng}};
+    for (const auto& pd : pds) {
+      const std::string impl = pd.impl_info_str();
+      if (impl.rfind("ref", 0) == 0) {
+        return absl::InternalError(absl::StrCat(
+            "oneDNN picked its reference matmul for attention (", impl, "); refusing to run slow"));
+      }
+      if (pd.scratchpad_desc().get_size() != 0) {
+        return absl::InternalError("oneDNN attention matmuls unexpectedly need a scratchpad");
+      }
+    }
+    a->impl_info_ = absl::StrCat(pds[0].impl_info_str(), ", ", pds[1].impl_info_str());
+    a->scores_prim_ = dnnl::matmul(pds[0]);
+    a->context_prim_ = dnnl::matmul(pds[1]);
+    a->context_acc_prim_ = dnnl::matmul(pds[2]);
+    a->primitives_created_ = 3;
+  } catch (const dnnl::error& e) {
+    return absl::InternalError(absl::StrCat("oneDNN has no ", bf16 ? "bf16" : "f32",
+                                            " attention matmul here: ", e.what()));
+  }
+  a->threads_.reserve(num_threads);
+  for (int t = 0; t < num_threads; ++t) a->threads_.push_back({dnnl::stream(eng), {}, {}, {}});
+  return a;
+}
+
+void OneDnnAttention::TrimScratch(size_t max_bytes) {
+  for (ThreadState& ts : threads_) {
+    ts.scores.Trim(max_bytes);
+    ts.probs.Trim(max_bytes);
+    ts.stats.Trim(max_bytes);
+  }
+}
+
+void OneDnnAttention::Run(const AttentionPlan& plan, const void* qkv, float* context,
+                          std::vector<SequenceOutput>& outs) {
+  for (ThreadState& ts : threads_) {  // scores + one masking row; probs; 3 stats per row
+    ts.scores.ReserveAs<float>(2 * plan.max_tile_floats);
+    if (bf16_) ts.probs.ReserveAs<uint16_t>(plan.max_tile_floats);
+    ts.stats.ReserveAs<float>(3 * size_t{plan.max_rows});
+  }
+  std::atomic<bool> failed{false};
+  std::string error;
+  // oneDNN primitives called inside this region run on the calling thread
+  // (OpenMP nesting is off), so the two levels of parallelism do not fight.
+#pragma omp parallel for num_threads(num_threads_) schedule(dynamic, 1)
+  for (size_t n = 0; n < plan.tasks.size(); ++n) {
+    if (failed.load(std::memory_order_relaxed)) continue;
+    try {
+      RunTask(plan, plan.tasks[n], qkv, context, outs, threads_[omp_get_thread_num()]);
+    } catch (const std::exception& e) {  // dnnl::error, std::bad_alloc
+#pragma omp critical(attn_error)
+      if (!failed.exchange(true)) error = e.what();
+    }
+  }
+  if (failed) throw std::runtime_error(error);
+}
+
+void OneDnnAttention::RunTask(const AttentionPlan& plan, const AttentionTask& task,
+                              const void* qkv, float* context,
+                              std::vector<SequenceOutput>& outs, ThreadState& ts) {
+  const SequencePlan& sp = plan.seqs[task.seq];
+  for (uint32_t h = task.head_begin; h < task.head_end; ++h) {
+    if (task.tiled()) {
+      AttendTiled(sp, task, h, qkv, context, ts);
+    } else {
+      AttendWhole(sp, task, h, qkv, context, outs, ts);
+    }
+  }
+  ts.stream.wait();
+}
+
+void OneDnnAttention::Scores(const SequencePlan& sp, const AttentionTask& task, uint32_t head,
+                             const void* qkv, uint32_t key_begin, uint32_t width,
+                             float* scores, ThreadState& ts) {
+  const ModelConfig& c = model_->config;
+  const size_t d = c.d_model, dh = c.d_head(), ld = 3 * d;
+  const uint32_t rows = task.row_end - task.row_begin;
+  const size_t q_elem = (sp.offset + task.row_begin) * ld + head * dh;
+  const size_t k_elem = (sp.offset + key_begin) * ld + d + head * dh;
+  if (c.relevance == Relevance::kAdditive) {  // never bf16: see Create's callers
+    const float* q = static_cast<const float*>(qkv) + q_elem;
+    const float* k = static_cast<const float*>(qkv) + k_elem;
+    const float* v = &model_->weights.additive_v[head * dh];
+    for (uint32_t r = 0; r < rows; ++r) {
+      kernels::AdditiveScores(q + r * ld, k, ld, v, dh, width, scores + size_t{r} * width);
+    }
+    return;
+  }
+  auto* base = static_cast<char*>(const_cast<void*>(qkv));
+  float scale = static_cast<float>(c.scale);
+  memory scale_mem(memory::desc({1}, dt::f32, {1}), eng_, &scale);
+  memory q_mem(RowMajor(rows, dh, ld, act_type_), eng_, base + q_elem * act_bytes_);
+  memory kt_mem(Transposed(width, dh, ld, act_type_), eng_, base + k_elem * act_bytes_);
+  memory s_mem(RowMajor(rows, width, width, dt::f32), eng_, scores);
+  scores_prim_.execute(ts.stream, {{DNNL_ARG_SRC, q_mem},
+                                   {DNNL_ARG_WEIGHTS, kt_mem},
+                                   {DNNL_ARG_DST, s_mem},
+                                   {DNNL_ARG_ATTR_OUTPUT_SCALES, scale_mem}});
+  // scale lives on this stack frame: finish before returning (cheap on a
+  // CPU stream, which executes in order on this thread anyway).
+  ts.stream.wait();
+}
+
+void OneDnnAttention::Context(const SequencePlan& sp, const AttentionTask& task,
+                              uint32_t head, const void* qkv, const void* probs,
+                              uint32_t key_begin, uint32_t width, float* ctx,
+                              bool accumulate, ThreadState& ts) {
+  const ModelConfig& c = model_->config;
+  const size_t d = c.d_model, dh = c.d_head(), ld = 3 * d;
+  const uint32_t rows = task.row_end - task.row_begin;
+  auto* base = static_cast<char*>(const_cast<void*>(qkv));
+  const size_t v_elem = (sp.offset + key_begin) * ld + 2 * d + head * dh;
+  memory p_mem(RowMajor(rows, width, width, act_type_), eng_, const_cast<void*>(probs));
+  memory v_mem(RowMajor(width, dh, ld, act_type_), eng_, base + v_elem * act_bytes_);
+  memory ctx_mem(RowMajor(rows, dh, d, dt::f32), eng_, ctx);
+  (accumulate ? context_acc_prim_ : context_prim_)
+      .execute(ts.stream, {{DNNL_ARG_SRC, p_mem}, {DNNL_ARG_WEIGHTS, v_mem}, {DNNL_ARG_DST, ctx_mem}});
+}
+
+const void* OneDnnAttention::ProbsFor(float* scores, ThreadState& ts) const {
+  return bf16_ ? ts.probs.ReserveAs<uint16_t>(0) : static_cast<const void*>(scores);
+}
+
+void OneDnnAttention::FinishRow(const float* row, uint32_t r, uint32_t width,
+                                ThreadState& ts) const {
+  if (bf16_) kernels::ToBf16(row, ts.probs.ReserveAs<uint16_t>(0) + size_t{r} * width, width);
+}
+
+void OneDnnAttention::AttendWhole(const SequencePlan& sp, const AttentionTask& task,
+                                  uint32_t head, const void* qkv, float* context,
+                                  std::vector<SequenceOutput>& outs, ThreadState& ts) {
+  const ModelConfig& c = model_->config;
+  const uint32_t d = c.d_model, dh = c.d_head();
+  const uint32_t rows = task.row_end - task.row_begin;
+  const uint32_t width = task.key_end - task.key_begin;
+  float* scores = ts.scores.ReserveAs<float>(0);
+  float* scratch = scores + size_t{rows} * width;
+  Scores(sp, task, head, qkv, task.key_begin, width, scores, ts);
+  for (uint32_t r = 0; r < rows; ++r) {
+    float* row = scores + size_t{r} * width;
+    const uint32_t allowed = MaskRow(sp, task.row_begin + r, task.key_begin, row, width, scratch);
+    if (c.normalization == Normalization::kSoftmax) {
+      kernels::SoftmaxRow(row, width);
+    } else {
+      kernels::ReluNormalizeRow(row, width, allowed);
+    }
+    FinishRow(row, r, width, ts);
+  }
+  float* ctx = context + (sp.offset + task.row_begin) * d + head * dh;
+  Context(sp, task, head, qkv, ProbsFor(scores, ts), task.key_begin, width, ctx, false, ts);
+  const SequenceInput& seq = *sp.input;
+  if (seq.weights == WeightsMode::kNone) return;
+  // Weights out: the block's rows, keys [key_begin, key_end); the rest stays 0.
+  const bool mean = seq.weights == WeightsMode::kMean;
+  float* w = outs[task.seq].attention[mean ? 0 : head].data();
+  const float factor = mean ? 1.0f / c.num_heads : 1.0f;
+  for (uint32_t r = 0; r < rows; ++r) {
+    float* dst = w + size_t{task.row_begin + r} * sp.length + task.key_begin;
+    const float* src = scores + size_t{r} * width;
+    if (mean) {
+      for (uint32_t j = 0; j < width; ++j) dst[j] += factor * src[j];
+    } else {
+      std::copy_n(src, width, dst);
+    }
+  }
+}
+
+void OneDnnAttention::AttendTiled(const SequencePlan& sp, const AttentionTask& task,
+                                  uint32_t head, const void* qkv, float* context,
+                                  ThreadState& ts) {
+  const ModelConfig& c = model_->config;
+  const uint32_t d = c.d_model, dh = c.d_head();
+  const uint32_t rows = task.row_end - task.row_begin;
+  const bool softmax = c.normalization == Normalization::kSoftmax;
+  float* scores = ts.scores.ReserveAs<float>(0);
+  float* scratch = scores + size_t{rows} * task.key_tile;
+  float* stats_mem = ts.stats.ReserveAs<float>(0);
+  const RowStats stats{stats_mem, stats_mem + rows, stats_mem + 2 * rows};
+  std::fill_n(stats.max, rows, -std::numeric_limits<float>::infinity());
+  std::fill_n(stats.sum, rows, 0.0f);
+  float* ctx = context + (sp.offset + task.row_begin) * d + head * dh;
+  for (uint32_t kb = task.key_begin; kb < task.key_end; kb += task.key_tile) {
+    const uint32_t width = std::min(task.key_tile, task.key_end - kb);
+    const bool first = kb == task.key_begin;
+    Scores(sp, task, head, qkv, kb, width, scores, ts);
+    bool rescale = false;
+    for (uint32_t r = 0; r < rows; ++r) {
+      float* row = scores + size_t{r} * width;
+      const uint32_t allowed = MaskRow(sp, task.row_begin + r, kb, row, width, scratch);
+      if (softmax) {
+        stats.rescale[r] = kernels::OnlineSoftmaxRow(row, width, &stats.max[r], &stats.sum[r]);
+        rescale = rescale || stats.rescale[r] != 1.0f;
+      } else {
+        kernels::ReluRow(row, width);
+        stats.sum[r] += static_cast<float>(allowed);  // exact below 2^24 keys
+      }
+      FinishRow(row, r, width, ts);
+    }
+    if (!first && rescale) {
+      // The maximum moved: what was accumulated with the old one shrinks.
+      // (The previous P.V on this stream has finished: CPU streams run in
+      // order on this thread.)
+      ts.stream.wait();
+      for (uint32_t r = 0; r < rows; ++r) {
+        float* out = ctx + size_t{r} * d;
+        const float f = stats.rescale[r];
+        for (uint32_t k = 0; k < dh; ++k) out[k] *= f;
+      }
+    }
+    Context(sp, task, head, qkv, ProbsFor(scores, ts), kb, width, ctx, !first, ts);
+  }
+  ts.stream.wait();
+  // Divide by the softmax denominator or the ReLU count; a row that saw no
+  // allowed key has 0 for either, and its context (all zeros) stays 0.
+  for (uint32_t r = 0; r < rows; ++r) {
+    float* out = ctx + size_t{r} * d;
+    const float f = stats.sum[r] > 0.0f ? 1.0f / stats.sum[r] : 0.0f;
+    for (uint32_t k = 0; k < dh; ++k) out[k] *= f;
+  }
+}
+
+}  // namespace attnserve::core

@@ -1,0 +1,54 @@
+// ScratchBuffer: a reusable, 64-byte aligned, uninitialized byte buffer for
+// the oneDNN engine's per-batch intermediates (packed inputs, Q/K/V, context,
+// score tiles). Not thread-safe: one owner uses it at a time.
+#ifndef ATTNSERVE_CORE_SCRATCH_H_
+#define ATTNSERVE_CORE_SCRATCH_H_
+
+#include <cstddef>
+#include <memory>
+#include <new>
+
+namespace attnserve::core {
+
+class ScratchBuffer {
+ public:
+  // Returns at least `bytes` bytes, reusing the current allocation when it is
+  // large enough. Contents are unspecified (not zeroed: a fresh buffer is
+  // written before it is read, and zeroing would touch every page twice).
+  // Invalidates pointers returned earlier when it grows.
+  void* Reserve(size_t bytes) {
+    if (bytes > capacity_) {
+      data_.reset();  // free first: never hold the old and the new at once
+      data_.reset(new (std::align_val_t{kAlign}) std::byte[bytes]);
+      capacity_ = bytes;
+    }
+    return data_.get();
+  }
+  template <typename T>
+  T* ReserveAs(size_t count) {
+    return static_cast<T*>(Reserve(count * sizeof(T)));
+  }
+
+  size_t capacity() const { return capacity_; }
+
+  // Frees the allocation when it is larger than `max_bytes`, so one huge
+  // batch does not pin its memory for the life of the engine.
+  void Trim(size_t max_bytes) {
+    if (capacity_ > max_bytes) {
+      data_.reset();
+      capacity_ = 0;
+    }
+  }
+
+ private:
+  static constexpr size_t kAlign = 64;  // a cache line; oneDNN's preference
+  struct Free {
+    void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t{kAlign}); }
+  };
+  std::unique_ptr<std::byte[], Free> data_;
+  size_t capacity_ = 0;
+};
+
+}  // namespace attnserve::core
+
+#endif  // ATTNSERVE_CORE_SCRATCH_H_
