@@ -117,7 +117,7 @@ TEST(TiledAttention, RowsWithLateOrNoAllowedKeys) {
   constexpr uint32_t L = 200;
   std::mt19937 rng(4);
   const std::vector<float> x = RandomVector(rng, L * 32, 3.0f);
-  SequenceInput s{x, L, {}, WeightsMode::kNone, Pooling::kNone};
+  SequenceInput s{x, L, {}, WeightsMode::kNone, Pooling::kNone, {}, false};
   for (uint32_t i = 0; i < L; i += 3) {  // rows 0, 3, ...: last key only
     s.mask.edges.insert(s.mask.edges.end(), {i, L - 1});
   }
@@ -148,7 +148,7 @@ TEST(TiledAttention, LongCausalSequenceOnDefaultTiles) {
   ASSERT_TRUE(reference.ok() && engine.ok());
   std::mt19937 rng(1);
   const std::vector<float> x = RandomVector(rng, 1500 * 64, 1.0f);
-  SequenceInput s{x, 1500, {}, WeightsMode::kNone, Pooling::kNone};
+  SequenceInput s{x, 1500, {}, WeightsMode::kNone, Pooling::kNone, {}, false};
   s.mask.causal = true;
   auto want = (*reference)->Run(std::span(&s, 1));
   auto got = (*engine)->Run(std::span(&s, 1));
@@ -170,7 +170,7 @@ TEST(TiledAttention, DefaultEngineTiledEqualsMaterialized) {
   constexpr uint32_t L = 4200;
   std::mt19937 rng(2);
   const std::vector<float> x = RandomVector(rng, L * 64, 1.0f);
-  std::vector<SequenceInput> seqs(2, SequenceInput{x, L, {}, WeightsMode::kNone, Pooling::kNone});
+  std::vector<SequenceInput> seqs(2, SequenceInput{x, L, {}, WeightsMode::kNone, Pooling::kNone, {}, false});
   seqs[0].mask.window = 3000;
   seqs[1] = seqs[0];
   seqs[1].weights = WeightsMode::kMean;
