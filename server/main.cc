@@ -36,11 +36,12 @@ void LogStartup(const attnserve::server::AttnServer& server,
   for (const auto& m : server.registry().models()) {
     const auto& c = m->config();
     spdlog::info("model {}{}: d_model={} heads={} max_length={} positional={} relevance={} "
-                 "normalization={} projections={} precision={} from {}",
+                 "normalization={} projections={} precision={} compute={} from {}",
                  m->name(), m->name() == server.registry().default_name() ? " (default)" : "",
                  c.d_model, c.num_heads, c.max_length, std::string(ToString(c.positional)),
                  std::string(ToString(c.relevance)), std::string(ToString(c.normalization)),
-                 c.projections, std::string(ToString(c.precision)), m->model->path);
+                 c.projections, std::string(ToString(c.precision)), m->engine->compute_path(),
+                 m->model->path);
   }
   spdlog::info("batching: max_batch_size={} max_batch_tokens={} max_queue_delay_us={} "
                "max_queue_size={}", o.batching.max_batch_size, o.batching.max_batch_tokens,
