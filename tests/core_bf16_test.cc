@@ -50,13 +50,7 @@ ModelConfig Bf16Config(Positional pos, Relevance rel, Normalization norm, bool p
   return c;
 }
 
-using Combo = std::tuple<Positional, Relevance, Normalization, bool>;
-
-std::string ComboName(const Combo& combo) {
-  const auto [pos, rel, norm, proj] = combo;
-  return std::string(ToString(pos)) + "_" + std::string(ToString(rel)) + "_" +
-         std::string(ToString(norm)) + (proj ? "_proj" : "_noproj");
-}
+using testing::Combo;
 
 class Bf16VsReference : public ::testing::TestWithParam<Combo> {};
 
@@ -94,14 +88,9 @@ TEST_P(Bf16VsReference, WithinTolerance) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllCombinations, Bf16VsReference,
-    ::testing::Combine(::testing::Values(Positional::kNone, Positional::kSinusoidal,
-                                         Positional::kLearned, Positional::kRotary),
-                       ::testing::Values(Relevance::kDot, Relevance::kAdditive),
-                       ::testing::Values(Normalization::kSoftmax, Normalization::kRelu),
-                       ::testing::Bool()),
-    [](const ::testing::TestParamInfo<Combo>& info) { return ComboName(info.param); });
+INSTANTIATE_TEST_SUITE_P(AllCombinations, Bf16VsReference,
+                         ::testing::ValuesIn(testing::AllCombos()),
+                         testing::ComboName);
 
 TEST(Bf16, ComputePathNamesThePrecision) {
   auto fp32 = OneDnnEngine::Create(RandomModel(

@@ -35,13 +35,7 @@ ModelConfig Config(Positional pos, Relevance rel, Normalization norm, bool proj)
   return testing::SmallConfig(pos, rel, norm, proj);
 }
 
-using Combo = std::tuple<Positional, Relevance, Normalization, bool>;
-
-std::string ComboName(const Combo& combo) {
-  const auto [pos, rel, norm, proj] = combo;
-  return std::string(ToString(pos)) + "_" + std::string(ToString(rel)) + "_" +
-         std::string(ToString(norm)) + (proj ? "_proj" : "_noproj");
-}
+using testing::Combo;
 
 class EngineVsReference : public ::testing::TestWithParam<Combo> {};
 
@@ -60,14 +54,9 @@ TEST_P(EngineVsReference, MixedBatchMatches) {
   ExpectClose(*got, *want, kTolerance);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllCombinations, EngineVsReference,
-    ::testing::Combine(::testing::Values(Positional::kNone, Positional::kSinusoidal,
-                                         Positional::kLearned, Positional::kRotary),
-                       ::testing::Values(Relevance::kDot, Relevance::kAdditive),
-                       ::testing::Values(Normalization::kSoftmax, Normalization::kRelu),
-                       ::testing::Bool()),
-    [](const ::testing::TestParamInfo<Combo>& info) { return ComboName(info.param); });
+INSTANTIATE_TEST_SUITE_P(AllCombinations, EngineVsReference,
+                         ::testing::ValuesIn(testing::AllCombos()),
+                         testing::ComboName);
 
 // A sequence's result does not depend on what else is in its batch.
 TEST(OneDnnEngine, ResultsDoNotDependOnBatchComposition) {

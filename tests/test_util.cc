@@ -155,4 +155,23 @@ double ExpectClose(const std::vector<core::SequenceOutput>& got,
   return worst;
 }
 
+std::vector<Combo> AllCombos() {
+  std::vector<Combo> combos;
+  for (core::Positional pos : {core::Positional::kNone, core::Positional::kSinusoidal,
+                               core::Positional::kLearned, core::Positional::kRotary}) {
+    for (core::Relevance rel : {core::Relevance::kDot, core::Relevance::kAdditive}) {
+      for (core::Normalization norm : {core::Normalization::kSoftmax, core::Normalization::kRelu}) {
+        for (bool proj : {false, true}) combos.emplace_back(pos, rel, norm, proj);
+      }
+    }
+  }
+  return combos;
+}
+
+std::string ComboName(const ::testing::TestParamInfo<Combo>& info) {
+  const auto [pos, rel, norm, proj] = info.param;
+  return std::string(core::ToString(pos)) + "_" + std::string(core::ToString(rel)) + "_" +
+         std::string(core::ToString(norm)) + (proj ? "_proj" : "_noproj");
+}
+
 }  // namespace attnserve::testing

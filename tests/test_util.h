@@ -7,7 +7,10 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 #include "core/engine.h"
 #include "core/model.h"
@@ -60,6 +63,14 @@ Batch MixedBatch(uint32_t d_model, uint32_t max_len, uint32_t seed);
 // of `want`; returns the largest error seen.
 double ExpectClose(const std::vector<core::SequenceOutput>& got,
                    const std::vector<core::SequenceOutput>& want, double tol);
+
+// One of the 32 model configurations the engine tests cover: positional x
+// relevance x normalization x projections.
+using Combo = std::tuple<core::Positional, core::Relevance, core::Normalization, bool>;
+// Every Combo, for ::testing::ValuesIn.
+std::vector<Combo> AllCombos();
+// "sinusoidal_dot_softmax_proj": a test name for a Combo parameter.
+std::string ComboName(const ::testing::TestParamInfo<Combo>& info);
 
 }  // namespace attnserve::testing
 
