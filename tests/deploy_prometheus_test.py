@@ -25,8 +25,10 @@ def alert_rules():
     return [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
 
 
-@unittest.skipUnless(PROMTOOL, "promtool not found: `make deps` installs it (package prometheus)")
 class PrometheusTest(unittest.TestCase):
+    def setUp(self):
+        self.assertTrue(PROMTOOL, "promtool not found: `make deps` installs it (package prometheus)")
+
     def promtool(self, *args, cwd=PROM):
         return util.run([PROMTOOL, *args], timeout=120, cwd=cwd)
 
