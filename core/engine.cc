@@ -1,8 +1,5 @@
 #include "core/engine.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <bit>
 #include <cmath>
 #include <string>
@@ -10,18 +7,6 @@
 #include "absl/strings/str_cat.h"
 
 namespace attnserve::core {
-
-namespace internal {
-void AdviseHugePages(void* p, size_t bytes) noexcept {
-  constexpr size_t kMinBytes = size_t{4} << 20;
-  if (bytes < kMinBytes) return;
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(page - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-}
-}  // namespace internal
-
 namespace {
 
 // True when no value is NaN or +-Inf: an exponent of all ones. A branch-free

@@ -5,8 +5,8 @@
 #ifndef ATTNSERVE_CORE_ENGINE_H_
 #define ATTNSERVE_CORE_ENGINE_H_
 
+#include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <memory>
 #include <span>
 #include <type_traits>
@@ -55,14 +55,7 @@ struct SequenceInput {
 // An allocator whose value-initialization (vector::resize, the size
 // constructor) leaves trivial elements uninitialized, so a large buffer that
 // is about to be overwritten is not first zero-filled (a whole pass over its
-// memory). Blocks of at least a few MiB are also offered to the kernel for
-// transparent huge pages (fewer page faults on first touch).
-namespace internal {
-// madvise(MADV_HUGEPAGE) on the whole pages of [p, p + bytes) when bytes is at
-// least a few MiB; a hint only (errors ignored).
-void AdviseHugePages(void* p, size_t bytes) noexcept;
-}  // namespace internal
-
+// memory).
 template <typename T>
 struct DefaultInitAllocator : std::allocator<T> {
   using value_type = T;
@@ -74,11 +67,6 @@ struct DefaultInitAllocator : std::allocator<T> {
   template <typename U>
   DefaultInitAllocator(const DefaultInitAllocator<U>&) noexcept {}
 
-  T* allocate(size_t n) {
-    T* p = std::allocator<T>::allocate(n);
-    internal::AdviseHugePages(p, n * sizeof(T));
-    return p;
-  }
   template <typename U>
   void construct(U* p) noexcept(std::is_nothrow_default_constructible_v<U>) {
     ::new (static_cast<void*>(p)) U;  // default-, not value-initialized
