@@ -5,9 +5,12 @@
 #ifndef ATTNSERVE_CORE_ENGINE_H_
 #define ATTNSERVE_CORE_ENGINE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -49,13 +52,46 @@ struct SequenceInput {
   bool values_checked = false;
 };
 
+// An allocator whose value-initialization (vector::resize, the size
+// constructor) leaves trivial elements uninitialized, so a large buffer that
+// is about to be overwritten is not first zero-filled (a whole pass over its
+// memory).
+template <typename T>
+struct DefaultInitAllocator : std::allocator<T> {
+  using value_type = T;
+  template <typename U>
+  struct rebind {
+    using other = DefaultInitAllocator<U>;
+  };
+  DefaultInitAllocator() noexcept = default;
+  template <typename U>
+  DefaultInitAllocator(const DefaultInitAllocator<U>&) noexcept {}
+
+  template <typename U>
+  void construct(U* p) noexcept(std::is_nothrow_default_constructible_v<U>) {
+    ::new (static_cast<void*>(p)) U;  // default-, not value-initialized
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
+template <typename T, typename U>
+bool operator==(const DefaultInitAllocator<T>&, const DefaultInitAllocator<U>&) noexcept {
+  return true;
+}
+
+// One L x L matrix of attention weights, row-major.
+using WeightsMatrix = std::vector<float, DefaultInitAllocator<float>>;
+
 struct SequenceOutput {
   uint32_t rows = 0;          // L, or 1 when pooled
   std::vector<float> output;  // rows x d_model, row-major
   // kPerHead: num_heads matrices; kMean: one (the mean over heads); each
   // L x L row-major, row i = the normalized weights of query i. A row whose
   // mask allows no key is all zeros (and its context vector is zero).
-  std::vector<std::vector<float>> attention;
+  std::vector<WeightsMatrix> attention;
 };
 
 // Checks one sequence against a model before it is computed: data size ==

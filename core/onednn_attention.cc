@@ -206,8 +206,19 @@ void OneDnnAttention::AttendWhole(const SequencePlan& sp, const AttentionTask& t
   const uint32_t d = c.d_model, dh = c.d_head();
   const uint32_t rows = task.row_end - task.row_begin;
   const uint32_t width = task.key_end - task.key_begin;
-  float* scores = ts.scores.ReserveAs<float>(0);
-  float* scratch = scores + size_t{rows} * width;
+  const size_t L = sp.length;
+  const SequenceInput& seq = *sp.input;
+  const bool mean = seq.weights == WeightsMode::kMean;
+  // The block's rows of the returned weights (uninitialized until written).
+  float* w = seq.weights == WeightsMode::kNone
+                 ? nullptr
+                 : outs[task.seq].attention[mean ? 0 : head].data() + task.row_begin * L;
+  // Per-head weights over every key: the block's rows x L entries are
+  // contiguous in the output, so the scores are computed, normalized and read
+  // by P.V right there, with no copy.
+  const bool in_place = seq.weights == WeightsMode::kPerHead && width == L;
+  float* scores = in_place ? w : ts.scores.ReserveAs<float>(0);
+  float* scratch = in_place ? ts.scores.ReserveAs<float>(0) : scores + size_t{rows} * width;
   Scores(sp, task, head, qkv, task.key_begin, width, scores, ts);
   for (uint32_t r = 0; r < rows; ++r) {
     float* row = scores + size_t{r} * width;
@@ -221,19 +232,27 @@ void OneDnnAttention::AttendWhole(const SequencePlan& sp, const AttentionTask& t
   }
   float* ctx = context + (sp.offset + task.row_begin) * d + head * dh;
   Context(sp, task, head, qkv, ProbsFor(scores, ts), task.key_begin, width, ctx, false, ts);
-  const SequenceInput& seq = *sp.input;
-  if (seq.weights == WeightsMode::kNone) return;
-  // Weights out: the block's rows, keys [key_begin, key_end); the rest stays 0.
-  const bool mean = seq.weights == WeightsMode::kMean;
-  float* w = outs[task.seq].attention[mean ? 0 : head].data();
+  if (w == nullptr || in_place) return;
+  // Weights out: the block's rows, keys [key_begin, key_end); every other
+  // entry of those rows is 0. Each entry is written once per matrix; the
+  // mean's first head writes, later heads add (the task's block stays in
+  // cache between heads).
+  const bool assign = !mean || head == task.head_begin;
   const float factor = mean ? 1.0f / c.num_heads : 1.0f;
   for (uint32_t r = 0; r < rows; ++r) {
-    float* dst = w + size_t{task.row_begin + r} * sp.length + task.key_begin;
+    float* dst_row = w + r * L;
+    float* dst = dst_row + task.key_begin;
     const float* src = scores + size_t{r} * width;
-    if (mean) {
-      for (uint32_t j = 0; j < width; ++j) dst[j] += factor * src[j];
+    if (assign) {
+      std::fill(dst_row, dst, 0.0f);
+      if (mean) {
+        for (uint32_t j = 0; j < width; ++j) dst[j] = factor * src[j];
+      } else {
+        std::copy_n(src, width, dst);
+      }
+      std::fill(dst + width, dst_row + L, 0.0f);
     } else {
-      std::copy_n(src, width, dst);
+      for (uint32_t j = 0; j < width; ++j) dst[j] += factor * src[j];
     }
   }
 }

@@ -36,8 +36,9 @@ class OneDnnAttention {
   // Computes every task of `plan`. `qkv`: T x 3d (q | k | v per token), bf16
   // when created with bf16 = true, else f32; `context`: T x d f32, every row
   // written. Weights go to outs[s].attention for sequences that ask for them
-  // (pre-sized to L x L per matrix and zeroed by the caller; kMean is
-  // accumulated). Throws dnnl::error or std::bad_alloc on failure.
+  // (pre-sized to L x L per matrix by the caller, contents unspecified: every
+  // entry is written here; kMean is summed over heads by one task per row
+  // block). Throws dnnl::error or std::bad_alloc on failure.
   void Run(const AttentionPlan& plan, const void* qkv, float* context,
            std::vector<SequenceOutput>& outs);
 

@@ -334,14 +334,17 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
   PackInput(plan);
   ComputeQkv(plan);
   // 3. Attention per (sequence, row block, head) -> context [T, d].
+  // Weights matrices are allocated uninitialized (no zero-fill pass): the
+  // attention tasks write every entry exactly once, and their first touch of
+  // the pages happens on all threads.
   std::vector<SequenceOutput> outs(batch.size());
   for (size_t s = 0; s < batch.size(); ++s) {
     const size_t L = batch[s].length;
-    if (batch[s].weights == WeightsMode::kPerHead) {
-      outs[s].attention.assign(c.num_heads, std::vector<float>(L * L, 0.0f));
-    } else if (batch[s].weights == WeightsMode::kMean) {
-      outs[s].attention.assign(1, std::vector<float>(L * L, 0.0f));
-    }
+    const size_t matrices = batch[s].weights == WeightsMode::kPerHead ? c.num_heads
+                            : batch[s].weights == WeightsMode::kMean  ? 1
+                                                                      : 0;
+    outs[s].attention.resize(matrices);
+    for (WeightsMatrix& m : outs[s].attention) m.resize(L * L);
   }
   float* ctx = ctx_buf.ReserveAs<float>(T * d);
   attention->Run(plan, qkv_buf.Reserve(0), ctx, outs);

@@ -33,7 +33,7 @@ void PrepareOutput(uint32_t d_model, core::SequenceInput* input, v1::AttendRespo
 
 void FillResponse(const core::SequenceOutput& out, uint32_t length, const BatchStats& stats,
                   v1::AttendResponse* response) {
-  for (const std::vector<float>& w : out.attention) {
+  for (const core::WeightsMatrix& w : out.attention) {
     v1::Matrix* m = response->add_attention();
     m->set_rows(length);
     m->set_cols(length);

@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <tuple>
@@ -119,6 +120,51 @@ TEST(OneDnnEngine, RowWithNoAllowedKeyIsZero) {
   }
   for (const auto& w : (*got)[0].attention) {  // row 1 sees keys 0 and 1
     EXPECT_NEAR(w[4] + w[5], 1.0f, 1e-6);
+  }
+}
+
+// Weights matrices are not zero-filled before the engine writes them: every
+// entry outside a row's allowed keys must still come out exactly 0, also when
+// the allocation reuses memory that held earlier (non-zero) weights.
+TEST(OneDnnEngine, MaskedWeightsAreExactZerosInReusedMemory) {
+  auto model = RandomModel(Config(Positional::kNone, Relevance::kDot,
+                                  Normalization::kSoftmax, true), 4);
+  OneDnnEngineOptions options;
+  options.score_block_floats = 64 * 16;  // blocks of 8 rows: many partial key ranges
+  auto engine = OneDnnEngine::Create(model, options);
+  ASSERT_TRUE(engine.ok());
+  constexpr uint32_t L = 150;
+  std::mt19937 rng(9);
+  const std::vector<float> x = RandomVector(rng, L * 32, 1.0f);
+  for (WeightsMode mode : {WeightsMode::kPerHead, WeightsMode::kMean}) {
+    for (int round = 0; round < 3; ++round) {
+      {  // Dense weights everywhere, then freed: their memory is reused below.
+        SequenceInput dense{x, L, {}, mode, Pooling::kNone, {}, false};
+        ASSERT_TRUE((*engine)->Run(std::span(&dense, 1)).ok());
+      }
+      SequenceInput s{x, L, {}, mode, Pooling::kNone, {}, false};
+      s.mask.causal = round != 1;
+      s.mask.window = round == 0 ? 0 : 20;
+      auto got = (*engine)->Run(std::span(&s, 1));
+      ASSERT_TRUE(got.ok()) << got.status();
+      ASSERT_EQ((*got)[0].attention.size(), mode == WeightsMode::kMean ? 1u : 4u);
+      for (const auto& w : (*got)[0].attention) {
+        ASSERT_EQ(w.size(), size_t{L} * L);
+        for (uint32_t i = 0; i < L; ++i) {
+          const uint32_t lo = s.mask.window != 0 && i > s.mask.window ? i - s.mask.window : 0;
+          const uint32_t hi = std::min(s.mask.causal ? i + 1 : L,
+                                       s.mask.window != 0 ? i + s.mask.window + 1 : L);
+          double sum = 0;
+          for (uint32_t j = 0; j < L; ++j) {
+            if (j < lo || j >= hi) {
+              ASSERT_EQ(w[i * L + j], 0.0f) << "round " << round << " row " << i << " key " << j;
+            }
+            sum += w[i * L + j];
+          }
+          EXPECT_NEAR(sum, 1.0, 1e-5) << "round " << round << " row " << i;
+        }
+      }
+    }
   }
 }
 

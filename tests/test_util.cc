@@ -12,7 +12,7 @@ std::string SourcePath(const std::string& relative) {
   return std::string(ATTNSERVE_SOURCE_DIR) + "/" + relative;
 }
 
-double RelativeL2(const std::vector<float>& a, const std::vector<float>& b) {
+double RelativeL2(std::span<const float> a, std::span<const float> b) {
   if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
   double diff = 0, norm = 0;
   for (size_t i = 0; i < a.size(); ++i) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -22,7 +23,7 @@ std::string SourcePath(const std::string& relative);
 
 // ||a - b||_2 / max(||b||_2, tiny): the relative L2 error of `a` against the
 // reference `b`. Sizes must match (a mismatch returns +inf).
-double RelativeL2(const std::vector<float>& a, const std::vector<float>& b);
+double RelativeL2(std::span<const float> a, std::span<const float> b);
 
 // `n` values uniform in [-scale, scale] from `rng`.
 std::vector<float> RandomVector(std::mt19937& rng, size_t n, float scale);
