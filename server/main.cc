@@ -9,6 +9,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "absl/strings/str_cat.h"
 #include "core/onednn_engine.h"
 #include "server/logging.h"
 #include "server/options.h"
@@ -32,7 +33,8 @@ void LogStartup(const attnserve::server::AttnServer& server,
   using attnserve::core::ToString;
   spdlog::info("attnserve starting: oneDNN ISA {}, {} engine thread(s) per batch",
                attnserve::core::OneDnnEngine::IsaName(),
-               o.threads == 0 ? std::string("all") : std::to_string(o.threads));
+               o.threads > 0 ? std::to_string(o.threads)
+                             : absl::StrCat(attnserve::server::AvailableCpus(), " (all available)"));
   for (const auto& m : server.registry().models()) {
     const auto& c = m->config();
     spdlog::info("model {}{}: d_model={} heads={} max_length={} positional={} relevance={} "

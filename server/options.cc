@@ -2,7 +2,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include <sched.h>
+
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <thread>
 
 namespace attnserve::server {
 namespace {
@@ -33,7 +38,7 @@ absl::Status Validate(const ServerOptions& o) {
       {"max-batch-tokens", b.max_batch_tokens, 1, kNoMax},
       {"max-queue-size", b.max_queue_size, 1, kNoMax},
       {"max-queue-delay-us", b.max_queue_delay_us, 0, kNoMax},
-      {"threads", o.threads, 0, kNoMax},  // 0 = every core
+      {"threads", o.threads, 0, kNoMax},  // 0 = AvailableCpus()
       {"max-message-bytes", o.max_message_bytes, 4096, INT32_MAX},  // gRPC takes an int
       {"drain-timeout-ms", o.drain_timeout_ms, 0, kNoMax},
       {"max-connection-age-ms", o.max_connection_age_ms, 0, kNoMax},
@@ -51,6 +56,41 @@ absl::Status Validate(const ServerOptions& o) {
 }
 
 }  // namespace
+
+int CpusFromCgroupV2(const std::string& cpu_max) {
+  std::istringstream in(cpu_max);
+  std::string quota;
+  int64_t period = 0;
+  if (!(in >> quota >> period) || quota == "max") return 0;
+  try {
+    return CpusFromCgroupV1(std::stoll(quota), period);
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+int CpusFromCgroupV1(int64_t quota_us, int64_t period_us) {
+  if (quota_us <= 0 || period_us <= 0) return 0;
+  return static_cast<int>((quota_us + period_us - 1) / period_us);
+}
+
+int AvailableCpus() {
+  int cpus = static_cast<int>(std::thread::hardware_concurrency());
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) cpus = CPU_COUNT(&set);
+  int quota = 0;
+  if (std::ifstream v2("/sys/fs/cgroup/cpu.max"); v2) {
+    std::string line;
+    std::getline(v2, line);
+    quota = CpusFromCgroupV2(line);
+  } else {
+    std::ifstream q("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), p("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
+    int64_t quota_us = 0, period_us = 0;
+    if (q >> quota_us && p >> period_us) quota = CpusFromCgroupV1(quota_us, period_us);
+  }
+  if (quota > 0 && quota < cpus) cpus = quota;
+  return cpus > 0 ? cpus : 1;
+}
 
 std::string DefaultModelRepository() { return ATTNSERVE_DEFAULT_MODEL_REPOSITORY; }
 
@@ -79,7 +119,9 @@ absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions
        "Longest a request waits for companions before its batch runs, microseconds");
   Flag(app, "max-queue-size", o.batching.max_queue_size,
        "Most requests waiting per model; beyond it calls fail with RESOURCE_EXHAUSTED");
-  Flag(app, "threads", o.threads, "Engine threads per batch (0 = every core)");
+  Flag(app, "threads", o.threads,
+       "Engine threads per batch (0 = the CPUs this process may use: its affinity mask, "
+       "capped by its container's CPU limit)");
   Flag(app, "log-level", o.log_level, "trace, debug, info, warn, error, critical or off");
   Flag(app, "log-format", o.log_format, "text or json (one JSON object per line)");
   Flag(app, "max-message-bytes", o.max_message_bytes,

@@ -22,7 +22,7 @@ struct ServerOptions {
   std::string model_repository;
   std::string default_model;  // "" = the only model, or the first by name
   BatcherOptions batching;    // --max-batch-size, --max-batch-tokens, ...
-  int threads = 0;            // engine threads per batch; 0 = every core
+  int threads = 0;            // engine threads per batch; 0 = AvailableCpus()
   std::string log_level = "info";
   std::string log_format = "text";  // text | json
   // Largest request or reply message. A request whose reply would be larger
@@ -37,6 +37,17 @@ struct ServerOptions {
 // The model repository used when --model-repository is not given: the
 // models/ directory of the source tree this binary was built from.
 std::string DefaultModelRepository();
+
+// The CPUs this process can use, what --threads 0 means: the CPUs of its
+// affinity mask, capped by the CPU quota of its cgroup (a container's CPU
+// limit: cgroup v2 cpu.max, or v1 cpu.cfs_quota_us / cpu.cfs_period_us at
+// /sys/fs/cgroup), rounded up; at least 1.
+int AvailableCpus();
+// A CPU quota as whole CPUs, rounded up (0: no quota). From cgroup v2's
+// cpu.max ("200000 100000" -> 2, "max 100000" -> 0), or v1's quota and
+// period in microseconds (quota -1 -> 0).
+int CpusFromCgroupV2(const std::string& cpu_max);
+int CpusFromCgroupV1(int64_t quota_us, int64_t period_us);
 
 // Parses argv and the environment. Returns OK with *options filled, or an
 // error: INVALID_ARGUMENT with the message to print for a bad flag or value.

@@ -17,7 +17,9 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   s->options_ = options;
   s->metrics_ = std::make_unique<Metrics>();
   auto registry = ModelRegistry::Load(options.model_repository, options.default_model,
-                                      options.batching, options.threads, &s->clock_,
+                                      options.batching,
+                                      options.threads > 0 ? options.threads : AvailableCpus(),
+                                      &s->clock_,
                                       s->metrics_.get());
   if (!registry.ok()) return registry.status();
   s->registry_ = *std::move(registry);
