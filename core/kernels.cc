@@ -45,6 +45,19 @@ namespace {
 
 float Exp(float x) { return ExpInline(x); }
 
+// row[j] = exp(row[j] - max) (masked -inf entries become 0); returns their
+// sum. Inlined into each multiversioned caller, so it gets the caller's ISA.
+[[gnu::always_inline]] inline float ExpShiftSum(float* row, size_t n, float max) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (size_t j = 0; j < n; ++j) {
+    const float e = ExpInline(row[j] - max);  // -inf - max = -inf -> 0
+    row[j] = e;
+    sum += e;
+  }
+  return sum;
+}
+
 ATTN_MULTIVERSION bool SoftmaxRow(float* row, size_t n) {
   float max = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : max)
@@ -53,13 +66,7 @@ ATTN_MULTIVERSION bool SoftmaxRow(float* row, size_t n) {
     for (size_t j = 0; j < n; ++j) row[j] = 0.0f;
     return false;
   }
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (size_t j = 0; j < n; ++j) {
-    const float e = ExpInline(row[j] - max);  // -inf - max = -inf -> 0
-    row[j] = e;
-    sum += e;
-  }
+  const float sum = ExpShiftSum(row, n, max);
   const float inv = 1.0f / sum;  // sum >= 1: the max entry contributes exp(0)
 #pragma omp simd
   for (size_t j = 0; j < n; ++j) row[j] *= inv;
@@ -82,13 +89,7 @@ ATTN_MULTIVERSION float OnlineSoftmaxRow(float* row, size_t n, float* running_ma
     for (size_t j = 0; j < n; ++j) row[j] = 0.0f;
     return 1.0f;
   }
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (size_t j = 0; j < n; ++j) {
-    const float e = ExpInline(row[j] - max);  // -inf - max = -inf -> 0
-    row[j] = e;
-    sum += e;
-  }
+  const float sum = ExpShiftSum(row, n, max);
   const float rescale = ExpInline(*running_max - max);  // -inf (first) -> 0
   *running_sum = *running_sum * rescale + sum;
   *running_max = max;
