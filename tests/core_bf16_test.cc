@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <tuple>
 
@@ -105,28 +106,36 @@ TEST(Bf16, ComputePathNamesThePrecision) {
   EXPECT_EQ((*bf16)->compute_path().rfind(want, 0), 0u) << (*bf16)->compute_path();
 }
 
-// A CPU without native bf16 (here: oneDNN capped at AVX2, which only works
-// before oneDNN's first JIT, i.e. when this test runs in its own process as
-// ctest runs it) still serves a bf16 model, in fp32, at fp32 accuracy.
+// A CPU without native bf16 (here: oneDNN capped at AVX2) still serves a
+// bf16 model, in fp32, at fp32 accuracy. oneDNN's ISA can only be capped
+// before its first JIT, so the check runs in a fresh process: gtest's
+// "threadsafe" death-test style re-executes this binary for just this
+// statement, whatever ran before in this one.
+void CheckFp32FallbackAndExit() {
+  dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx2);  // throws (the check fails) if too late
+  [] {
+    ASSERT_FALSE(NativeBf16());
+    auto model = RandomModel(
+        Bf16Config(Positional::kRotary, Relevance::kDot, Normalization::kSoftmax, true), 4);
+    auto engine = OneDnnEngine::Create(model);
+    auto reference = CreateReferenceEngine(model);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    ASSERT_TRUE(reference.ok());
+    EXPECT_EQ((*engine)->compute_path(), "fp32 (bf16 requested; avx2 has no native bf16)");
+    const Batch batch = MixedBatch(32, 100, 3);
+    auto want = (*reference)->Run(batch.seqs);
+    auto got = (*engine)->Run(batch.seqs);
+    ASSERT_TRUE(want.ok() && got.ok()) << got.status();
+    ExpectClose(*got, *want, kFp32Tolerance);
+  }();
+  const bool failed = ::testing::Test::HasFailure();
+  std::fprintf(stderr, "%s\n", failed ? "fp32 fallback check failed" : "fp32 fallback ok");
+  std::exit(failed ? 1 : 0);
+}
+
 TEST(Bf16, FallsBackToFp32WithoutNativeBf16) {
-  try {
-    dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx2);
-  } catch (const dnnl::error&) {
-    GTEST_SKIP() << "oneDNN already dispatched in this process; run this test alone";
-  }
-  ASSERT_FALSE(NativeBf16());
-  auto model = RandomModel(
-      Bf16Config(Positional::kRotary, Relevance::kDot, Normalization::kSoftmax, true), 4);
-  auto engine = OneDnnEngine::Create(model);
-  auto reference = CreateReferenceEngine(model);
-  ASSERT_TRUE(engine.ok()) << engine.status();
-  ASSERT_TRUE(reference.ok());
-  EXPECT_EQ((*engine)->compute_path(), "fp32 (bf16 requested; avx2 has no native bf16)");
-  const Batch batch = MixedBatch(32, 100, 3);
-  auto want = (*reference)->Run(batch.seqs);
-  auto got = (*engine)->Run(batch.seqs);
-  ASSERT_TRUE(want.ok() && got.ok()) << got.status();
-  ExpectClose(*got, *want, kFp32Tolerance);
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(CheckFp32FallbackAndExit(), ::testing::ExitedWithCode(0), "fp32 fallback ok");
 }
 
 // bf16 creates every primitive up front too: batches of new shapes, on both
