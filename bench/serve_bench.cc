@@ -38,6 +38,7 @@
 
 #include "attnserve/v1/attention.grpc.pb.h"
 #include "client/load_generator.h"
+#include "client/tensor_io.h"
 #include "core/onednn_engine.h"
 
 namespace {
@@ -67,14 +68,10 @@ double Percentile(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
 }
 
-v1::AttendRequest MakeRequest(uint32_t length, uint32_t d_model, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(-1, 1);
-  v1::AttendRequest r;
-  r.mutable_input()->set_rows(length);
-  r.mutable_input()->set_cols(d_model);
-  for (uint32_t i = 0; i < length * d_model; ++i) r.mutable_input()->add_data(u(rng));
-  return r;
+// The benchmark's request: `length` random rows (seed 1).
+v1::AttendRequest MakeRequest(uint32_t length, uint32_t d_model) {
+  std::mt19937 rng(1);
+  return attnserve::client::RandomRequest(rng, length, d_model);
 }
 
 // `concurrency` calls always in flight over 4 connections, for `seconds`:
@@ -224,7 +221,7 @@ int LoadExternal(const std::string& target, const std::vector<int>& levels, doub
     std::fprintf(stderr, "cannot list models at %s: %s\n", target.c_str(), s.error_message().c_str());
     return 1;
   }
-  const v1::AttendRequest request = MakeRequest(length, d_model, 1);
+  const v1::AttendRequest request = MakeRequest(length, d_model);
   std::printf("| target | concurrency | requests/s | p50 ms | p99 ms | mean batch | errors |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   for (int c : levels) {
@@ -280,7 +277,7 @@ int main(int argc, char** argv) {
   auto engine = attnserve::core::OneDnnEngine::Create(
       std::make_shared<const attnserve::core::Model>(*std::move(model)));
   if (!engine.ok()) return 1;
-  const v1::AttendRequest request = MakeRequest(length, (*engine)->model().config.d_model, 1);
+  const v1::AttendRequest request = MakeRequest(length, (*engine)->model().config.d_model);
   const unsigned cores = std::thread::hardware_concurrency();
   std::printf("| server | concurrency | requests/s | p50 ms | p99 ms | mean batch | server CPU ms/req "
               "| load generator CPU ms/req | offline req/s | serving / offline | server efficiency "

@@ -94,28 +94,20 @@ struct RequestFlags {
   }
 };
 
-// A request whose input is `rows` x d_model values uniform in [-1, 1].
-v1::AttendRequest RandomRequest(std::mt19937& rng, uint32_t rows, uint32_t d_model) {
-  std::uniform_real_distribution<float> u(-1, 1);
-  v1::AttendRequest r;
-  r.mutable_input()->set_rows(rows);
-  r.mutable_input()->set_cols(d_model);
-  r.mutable_input()->mutable_data()->Reserve(static_cast<int>(rows * d_model));
-  for (uint32_t i = 0; i < rows * d_model; ++i) r.mutable_input()->add_data(u(rng));
-  return r;
-}
-
-// The served model `name` ("" = the default), from ListModels.
-absl::StatusOr<v1::ModelInfo> FindModel(AttentionClient& client, const std::string& name,
-                                        grpc::Status* rpc) {
+// The served model `name` ("" = the default), from ListModels: the RPC's
+// error, or NOT_FOUND when no served model matches.
+grpc::Status FindModel(AttentionClient& client, const std::string& name, v1::ModelInfo* model) {
   v1::ListModelsResponse models;
-  *rpc = client.ListModels(&models);
-  if (!rpc->ok()) return absl::UnavailableError("ListModels failed");
+  if (grpc::Status s = client.ListModels(&models); !s.ok()) return s;
   for (const v1::ModelInfo& m : models.models()) {
-    if (name.empty() ? m.is_default() : m.name() == name) return m;
+    if (name.empty() ? m.is_default() : m.name() == name) {
+      *model = m;
+      return grpc::Status::OK;
+    }
   }
-  return absl::NotFoundError(absl::StrCat("model '", name, "' is not served at ",
-                                          client.options().target));
+  return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("model '", name,
+                                                                "' is not served at ",
+                                                                client.options().target));
 }
 
 std::string ToJson(const google::protobuf::Message& message) {
@@ -146,13 +138,10 @@ int Infer(AttentionClient& client, const std::string& json_path, const std::stri
       return UsageError(absl::StrCat(npy_path, ": ", s.message()));
     }
   } else {
-    grpc::Status rpc;
-    absl::StatusOr<v1::ModelInfo> model = FindModel(client, flags.model, &rpc);
-    if (!rpc.ok()) return ServerError(rpc);
-    if (!model.ok()) return ServerError(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                                     std::string(model.status().message())));
+    v1::ModelInfo model;
+    if (grpc::Status s = FindModel(client, flags.model, &model); !s.ok()) return ServerError(s);
     std::mt19937 rng(seed);
-    request = RandomRequest(rng, random_rows, model->d_model());
+    request = RandomRequest(rng, random_rows, model.d_model());
   }
   if (absl::Status s = flags.Apply(&request); !s.ok()) return UsageError(std::string(s.message()));
   v1::AttendResponse reply;
@@ -262,11 +251,8 @@ int Bench(AttentionClient& client, BenchFlags& bench, const RequestFlags& flags)
     bench.load.total = 200;  // as ghz: a bounded run by default
   }
   bench.load.deadline_ms = client.options().deadline_ms;
-  grpc::Status rpc;
-  absl::StatusOr<v1::ModelInfo> model = FindModel(client, flags.model, &rpc);
-  if (!rpc.ok()) return ServerError(rpc);
-  if (!model.ok()) return ServerError(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                                   std::string(model.status().message())));
+  v1::ModelInfo model;
+  if (grpc::Status s = FindModel(client, flags.model, &model); !s.ok()) return ServerError(s);
   std::vector<v1::AttendRequest> requests;
   if (!bench.data_path.empty()) {
     absl::StatusOr<std::vector<v1::AttendRequest>> read = ReadRequestsJson(bench.data_path);
@@ -278,14 +264,14 @@ int Bench(AttentionClient& client, BenchFlags& bench, const RequestFlags& flags)
     std::mt19937 rng(bench.seed);
     std::map<uint32_t, v1::AttendRequest> by_length;  // one input per length
     for (uint32_t L : *lengths) {
-      if (!by_length.count(L)) by_length[L] = RandomRequest(rng, L, model->d_model());
+      if (!by_length.count(L)) by_length[L] = RandomRequest(rng, L, model.d_model());
       requests.push_back(by_length[L]);
     }
   }
   std::vector<LoadRequest> mix;
   for (v1::AttendRequest& r : requests) {
     if (absl::Status s = flags.Apply(&r); !s.ok()) return UsageError(std::string(s.message()));
-    mix.push_back(MakeLoadRequest(r, model->d_model()));
+    mix.push_back(MakeLoadRequest(r, model.d_model()));
   }
   absl::StatusOr<LoadReport> report = RunLoad(client.options(), bench.load, mix);
   if (!report.ok()) return UsageError(std::string(report.status().message()));
@@ -293,7 +279,7 @@ int Bench(AttentionClient& client, BenchFlags& bench, const RequestFlags& flags)
     std::printf("%s\n", ReportJson(*report).c_str());
   } else {
     std::printf("target %s, model %s, %s\n%s", client.options().target.c_str(),
-                model->name().c_str(),
+                model.name().c_str(),
                 bench.load.rps > 0 ? absl::StrCat("open loop at ", bench.load.rps, " calls/s").c_str()
                                    : absl::StrCat("closed loop, ", bench.load.concurrency,
                                                   " in flight").c_str(),

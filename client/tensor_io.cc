@@ -125,6 +125,16 @@ absl::Status WriteNpy(const std::string& path, const NpyArray& array) {
   return absl::OkStatus();
 }
 
+v1::AttendRequest RandomRequest(std::mt19937& rng, uint32_t rows, uint32_t d_model) {
+  std::uniform_real_distribution<float> u(-1, 1);
+  v1::AttendRequest r;
+  r.mutable_input()->set_rows(rows);
+  r.mutable_input()->set_cols(d_model);
+  r.mutable_input()->mutable_data()->Reserve(static_cast<int>(rows * d_model));
+  for (uint32_t i = 0; i < rows * d_model; ++i) r.mutable_input()->add_data(u(rng));
+  return r;
+}
+
 absl::Status SetInput(const NpyArray& matrix, v1::AttendRequest* request) {
   if (matrix.shape.size() != 2) {
     return absl::InvalidArgumentError(absl::StrCat(

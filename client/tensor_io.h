@@ -5,6 +5,7 @@
 #define ATTNSERVE_CLIENT_TENSOR_IO_H_
 
 #include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,10 @@ absl::Status WriteNpy(const std::string& path, const NpyArray& array);
 //     input; every other field left at its default).
 // INVALID_ARGUMENT naming the file and what is wrong.
 absl::StatusOr<std::vector<v1::AttendRequest>> ReadRequestsJson(const std::string& path);
+
+// A request whose input is `rows` x `d_model` values uniform in [-1, 1], drawn
+// from `rng`; every other field at its default.
+v1::AttendRequest RandomRequest(std::mt19937& rng, uint32_t rows, uint32_t d_model);
 
 // `matrix` (2-D) as the request's input.
 absl::Status SetInput(const NpyArray& matrix, v1::AttendRequest* request);
