@@ -106,22 +106,54 @@ json Timed(const std::function<void()>& fn, const TimingOptions& t, double flops
           {"memory_reset_ok", window.reset_ok()}};
 }
 
+// Milliseconds per run of each stage of `p` (see core::EngineProfile): the
+// engine's stages as wall time, the attention steps as their share of it.
+json BreakdownJson(const core::EngineProfile& p) {
+  const double ms = p.runs > 0 ? 1e3 / p.runs : 0;
+  const double step_ms = ms / p.threads;
+  const double steps = p.scores + p.normalize + p.context + p.weights_out;
+  return {{"runs", p.runs},
+          {"total", p.total * ms},
+          {"pack", p.pack * ms},
+          {"qkv_projection", p.qkv_projection * ms},
+          {"scores", p.scores * step_ms},
+          {"normalize", p.normalize * step_ms},
+          {"context", p.context * step_ms},
+          {"weights_out", p.weights_out * step_ms},
+          {"attention_idle", (p.attention - steps / p.threads) * ms},
+          {"out_projection", p.out_projection * ms},
+          {"unpack", p.unpack * ms},
+          {"other", p.other() * ms}};
+}
+
 json RunEngineCase(const BenchCase& c, const TimingOptions& t) {
   const auto model = BenchModel(c.shape, c.bf16);
   absl::StatusOr<std::unique_ptr<core::Engine>> engine;
+  core::OneDnnEngine* onednn_engine = nullptr;
   if (c.kind == BenchCase::Kind::kReference) {
     engine = core::CreateReferenceEngine(model);
   } else {
-    auto onednn = core::OneDnnEngine::Create(model, {.num_threads = t.threads});
-    if (onednn.ok()) engine = std::move(*onednn); else engine = onednn.status();
+    auto onednn =
+        core::OneDnnEngine::Create(model, {.num_threads = t.threads, .profile = t.breakdown});
+    if (onednn.ok()) {
+      onednn_engine = onednn->get();
+      engine = std::move(*onednn);
+    } else {
+      engine = onednn.status();
+    }
   }
   if (!engine.ok()) throw std::runtime_error(engine.status().ToString());
   Inputs in(c.shape, c.per_head_weights);
   core::Engine& e = **engine;
-  return Timed([&] {
+  int calls = 0;
+  json r = Timed([&] {
     auto out = e.Run(in.seqs);
     if (!out.ok()) throw std::runtime_error(out.status().ToString());
+    // The warm-up run (the first, when there is one) is not in the profile.
+    if (++calls == 1 && t.min_runs > 1 && onednn_engine) onednn_engine->TakeProfile();
   }, t, AttentionFlops(c.shape));
+  if (t.breakdown && onednn_engine) r["breakdown"] = BreakdownJson(onednn_engine->TakeProfile());
+  return r;
 }
 
 // The roof: one kRoofN³ matmul, primitive created once, weights in the layout

@@ -49,13 +49,17 @@ struct TimingOptions {
   int threads = 0;           // OpenMP threads for the engine and the roof; 0 = all cores
   int min_runs = 5;          // timed runs at least (after one warm-up run)
   double min_seconds = 0.5;  // and keep running until this much time has passed
+  bool breakdown = false;    // attention cases: time each stage of the engine
 };
 
 // Runs `c` in this process and returns its result as JSON: "name", "ms"
 // (median wall time of one run), "runs", "gflops" (at the median),
 // "peak_extra_mib" (PeakMemoryWindow over the warm-up and timed runs, opened
 // once the model, engine and inputs exist), "memory_reset_ok", and for roofs
-// "impl" (oneDNN's implementation name). On failure: "name" and "error".
+// "impl" (oneDNN's implementation name). With timing.breakdown, attention
+// cases also give "breakdown": the mean milliseconds per timed run of each
+// stage (core::EngineProfile; the attention steps as their share of the wall,
+// thread-seconds / threads). On failure: "name" and "error".
 nlohmann::json RunCase(const BenchCase& c, const TimingOptions& timing);
 
 }  // namespace attnserve::bench

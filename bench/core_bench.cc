@@ -18,6 +18,7 @@
 //   build/bench/core_bench                 # the full table (a few minutes)
 //   build/bench/core_bench --quick         # fewer runs, roofs once, no reference
 //   build/bench/core_bench --filter L8192 --format json
+//   build/bench/core_bench --quick --breakdown   # and where each row's time goes
 //
 // Also prints the oneDNN engine's speed-up over the reference engine on
 // (32, 128, 256, 8), fp32, no weights.
@@ -70,7 +71,8 @@ json RunInChild(const BenchCase& c, const Options& o) {
   const std::string cmd = "'" + SelfPath() + "' --run-case " + c.Spec() +
                           " --threads " + std::to_string(o.timing.threads) +
                           " --runs " + std::to_string(o.timing.min_runs) +
-                          " --min-time " + std::to_string(o.timing.min_seconds);
+                          " --min-time " + std::to_string(o.timing.min_seconds) +
+                          (o.timing.breakdown ? " --breakdown" : "");
   FILE* pipe = popen(cmd.c_str(), "r");
   if (pipe == nullptr) return {{"name", c.Name()}, {"error", "popen failed"}};
   std::string out;
@@ -201,6 +203,48 @@ void PrintRow(const json& r) {
               100 * r.value("roof_fraction", 0.0), r["peak_extra_mib"].get<double>());
 }
 
+// One row of the breakdown table: a stage's milliseconds and, for the
+// matmuls, its rate.
+void PrintBreakdownRow(const json& r) {
+  const json& b = r["breakdown"];
+  const double B = r["batch"], L = r["length"], d = r["d_model"];
+  auto cell = [&](const char* stage, double flops) {
+    const double ms = b.value(stage, 0.0);
+    if (flops > 0 && ms > 0) {
+      std::printf(" %.2f (%.0f) |", ms, flops / ms / 1e6);
+    } else {
+      std::printf(" %.2f |", ms);
+    }
+  };
+  std::printf("| %d | %d | %d | %d | %s | %s | %.2f |", r["batch"].get<int>(),
+              r["length"].get<int>(), r["d_model"].get<int>(), r["heads"].get<int>(),
+              r["precision"].get<std::string>().c_str(), r["weights"].get<std::string>().c_str(),
+              b.value("total", 0.0));
+  cell("qkv_projection", 6 * B * L * d * d);
+  cell("scores", 2 * B * L * L * d);
+  cell("normalize", 0);
+  cell("context", 2 * B * L * L * d);
+  cell("weights_out", 0);
+  cell("attention_idle", 0);
+  cell("out_projection", 2 * B * L * d * d);
+  std::printf(" %.2f |\n", b.value("pack", 0.0) + b.value("unpack", 0.0) + b.value("other", 0.0));
+}
+
+void PrintBreakdown(const json& result) {
+  std::printf("\nWhere the time goes: mean ms per run of each stage, (GFLOP/s) for the matmuls. "
+              "The attention steps (QK^T, mask+softmax, PV, weights out) run on all threads "
+              "at once on different tasks: each is its thread-seconds / threads; idle = the "
+              "attention stage's wall minus those (threads waiting for the last task). "
+              "pack etc. = packing the input, copying outputs out, planning and allocating "
+              "outputs.\n\n");
+  std::printf("| B | L | d_model | heads | precision | weights | total ms | Q,K,V projection "
+              "| QK^T | mask+softmax | PV | weights out | idle | output projection | pack etc. |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const json& r : result["rows"]) {
+    if (r.contains("breakdown")) PrintBreakdownRow(r);
+  }
+}
+
 void PrintTable(const json& result, const Options& o) {
   std::printf("attnserve core_bench: oneDNN engine, medians, %d threads (oneDNN %s, ISA %s)%s\n",
               result["threads"].get<int>(), result["onednn"].get<std::string>().c_str(),
@@ -224,6 +268,7 @@ void PrintTable(const json& result, const Options& o) {
               "peak extra MiB |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   for (const json& r : result["rows"]) PrintRow(r);
+  if (o.timing.breakdown) PrintBreakdown(result);
   if (!result.contains("reference")) return;
   const json& ref = result["reference"];
   for (const json& r : result["rows"]) {
@@ -253,6 +298,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", o.timing.threads, "OpenMP threads; 0 = every core");
   app.add_option("--runs", o.timing.min_runs, "timed runs per row, at least")->check(CLI::PositiveNumber);
   app.add_option("--min-time", o.timing.min_seconds, "seconds of timed runs per row, at least");
+  app.add_flag("--breakdown", o.timing.breakdown,
+               "also time each stage (projections, QK^T, mask+softmax, PV, ...) and print "
+               "where each row's time goes");
   app.add_option("--run-case", o.run_case, "internal: run one case, print its JSON")
       ->group("");
   CLI11_PARSE(app, argc, argv);

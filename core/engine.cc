@@ -1,7 +1,11 @@
 #include "core/engine.h"
 
+#include <sys/mman.h>
+
 #include <bit>
 #include <cmath>
+#include <cstdint>
+#include <new>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -21,7 +25,39 @@ bool AllFinite(std::span<const float> values) {
   return inf_or_nan == 0;
 }
 
+constexpr size_t kHugePage = size_t{2} << 20;
+
+size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
 }  // namespace
+
+void* AllocatePages(size_t bytes, size_t align) {
+  if (bytes < kHugePageThreshold) return ::operator new(bytes, std::align_val_t{align});
+  // Map one huge page more than needed and unmap the misaligned head and
+  // the tail, so the whole buffer lies in aligned 2 MiB pages.
+  const size_t size = RoundUp(bytes, kHugePage);
+  void* raw = mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) throw std::bad_alloc();
+  const auto begin = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = RoundUp(begin, kHugePage);
+  if (aligned > begin) munmap(raw, aligned - begin);
+  if (const size_t tail = begin + size + kHugePage - (aligned + size); tail > 0) {
+    munmap(reinterpret_cast<void*>(aligned + size), tail);
+  }
+  void* p = reinterpret_cast<void*>(aligned);
+  madvise(p, size, MADV_HUGEPAGE);  // advisory: without THP, 4 KiB pages serve
+  return p;
+}
+
+void FreePages(void* p, size_t bytes, size_t align) noexcept {
+  if (p == nullptr) return;
+  if (bytes < kHugePageThreshold) {
+    ::operator delete(p, std::align_val_t{align});
+  } else {
+    munmap(p, RoundUp(bytes, kHugePage));
+  }
+}
 
 absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& seq) {
   const uint64_t d = config.d_model;

@@ -56,6 +56,14 @@ struct SequenceInput {
 // constructor) leaves trivial elements uninitialized, so a large buffer that
 // is about to be overwritten is not first zero-filled (a whole pass over its
 // memory).
+// Memory for large outputs: at or above kHugePageThreshold bytes it is mapped
+// directly, aligned to 2 MiB and advised for transparent huge pages (one page
+// fault per 2 MiB instead of 512, which is most of the cost of returning
+// hundreds of MiB of weights); smaller sizes come from operator new.
+inline constexpr size_t kHugePageThreshold = size_t{4} << 20;
+void* AllocatePages(size_t bytes, size_t align);
+void FreePages(void* p, size_t bytes, size_t align) noexcept;
+
 template <typename T>
 struct DefaultInitAllocator : std::allocator<T> {
   using value_type = T;
@@ -66,6 +74,11 @@ struct DefaultInitAllocator : std::allocator<T> {
   DefaultInitAllocator() noexcept = default;
   template <typename U>
   DefaultInitAllocator(const DefaultInitAllocator<U>&) noexcept {}
+
+  T* allocate(size_t n) {
+    return static_cast<T*>(AllocatePages(n * sizeof(T), alignof(T)));
+  }
+  void deallocate(T* p, size_t n) noexcept { FreePages(p, n * sizeof(T), alignof(T)); }
 
   template <typename U>
   void construct(U* p) noexcept(std::is_nothrow_default_constructible_v<U>) {

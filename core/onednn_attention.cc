@@ -36,13 +36,15 @@ struct RowStats {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<OneDnnAttention>> OneDnnAttention::Create(
-    std::shared_ptr<const Model> model, const dnnl::engine& eng, bool bf16, int num_threads) {
+    std::shared_ptr<const Model> model, const dnnl::engine& eng, bool bf16, int num_threads,
+    bool profile) {
   std::unique_ptr<OneDnnAttention> a(new OneDnnAttention());
   const ModelConfig& c = model->config;
   a->model_ = std::move(model);
   a->eng_ = eng;
   a->bf16_ = bf16;
   a->num_threads_ = num_threads;
+  a->profile_ = profile;
   a->act_type_ = bf16 ? dt::bf16 : dt::f32;
   a->act_bytes_ = bf16 ? 2 : 4;
   // Only the row counts vary per call; strides are fixed by the model (Q, K
@@ -92,8 +94,18 @@ absl::StatusOr<std::unique_ptr<OneDnnAttention>> OneDnnAttention::Create(
                                             " attention matmul here: ", e.what()));
   }
   a->threads_.reserve(num_threads);
-  for (int t = 0; t < num_threads; ++t) a->threads_.push_back({dnnl::stream(eng), {}, {}, {}});
+  for (int t = 0; t < num_threads; ++t) a->threads_.push_back({dnnl::stream(eng), {}, {}, {}, {}});
   return a;
+}
+
+void OneDnnAttention::TakeProfile(EngineProfile& into) {
+  for (ThreadState& ts : threads_) {
+    into.scores += ts.times.scores;
+    into.normalize += ts.times.normalize;
+    into.context += ts.times.context;
+    into.weights_out += ts.times.weights_out;
+    ts.times = {};
+  }
 }
 
 void OneDnnAttention::TrimScratch(size_t max_bytes) {
@@ -132,14 +144,16 @@ void OneDnnAttention::RunTask(const AttentionPlan& plan, const AttentionTask& ta
                               const void* qkv, float* context,
                               std::vector<SequenceOutput>& outs, ThreadState& ts) {
   const SequencePlan& sp = plan.seqs[task.seq];
+  StageClock clock(profile_);
   for (uint32_t h = task.head_begin; h < task.head_end; ++h) {
     if (task.tiled()) {
-      AttendTiled(sp, task, h, qkv, context, ts);
+      AttendTiled(sp, task, h, qkv, context, ts, clock);
     } else {
-      AttendWhole(sp, task, h, qkv, context, outs, ts);
+      AttendWhole(sp, task, h, qkv, context, outs, ts, clock);
     }
   }
   ts.stream.wait();
+  clock.Lap(ts.times.context);
 }
 
 void OneDnnAttention::Scores(const SequencePlan& sp, const AttentionTask& task, uint32_t head,
@@ -201,7 +215,8 @@ void OneDnnAttention::FinishRow(const float* row, uint32_t r, uint32_t width,
 
 void OneDnnAttention::AttendWhole(const SequencePlan& sp, const AttentionTask& task,
                                   uint32_t head, const void* qkv, float* context,
-                                  std::vector<SequenceOutput>& outs, ThreadState& ts) {
+                                  std::vector<SequenceOutput>& outs, ThreadState& ts,
+                                  StageClock& clock) {
   const ModelConfig& c = model_->config;
   const uint32_t d = c.d_model, dh = c.d_head();
   const uint32_t rows = task.row_end - task.row_begin;
@@ -220,6 +235,7 @@ void OneDnnAttention::AttendWhole(const SequencePlan& sp, const AttentionTask& t
   float* scores = in_place ? w : ts.scores.ReserveAs<float>(0);
   float* scratch = in_place ? ts.scores.ReserveAs<float>(0) : scores + size_t{rows} * width;
   Scores(sp, task, head, qkv, task.key_begin, width, scores, ts);
+  clock.Lap(ts.times.scores);
   for (uint32_t r = 0; r < rows; ++r) {
     float* row = scores + size_t{r} * width;
     const uint32_t allowed = MaskRow(sp, task.row_begin + r, task.key_begin, row, width, scratch);
@@ -230,8 +246,10 @@ void OneDnnAttention::AttendWhole(const SequencePlan& sp, const AttentionTask& t
     }
     FinishRow(row, r, width, ts);
   }
+  clock.Lap(ts.times.normalize);
   float* ctx = context + (sp.offset + task.row_begin) * d + head * dh;
   Context(sp, task, head, qkv, ProbsFor(scores, ts), task.key_begin, width, ctx, false, ts);
+  clock.Lap(ts.times.context);
   if (w == nullptr || in_place) return;
   // Weights out: the block's rows, keys [key_begin, key_end); every other
   // entry of those rows is 0. Each entry is written once per matrix; the
@@ -255,11 +273,12 @@ void OneDnnAttention::AttendWhole(const SequencePlan& sp, const AttentionTask& t
       for (uint32_t j = 0; j < width; ++j) dst[j] += factor * src[j];
     }
   }
+  clock.Lap(ts.times.weights_out);
 }
 
 void OneDnnAttention::AttendTiled(const SequencePlan& sp, const AttentionTask& task,
                                   uint32_t head, const void* qkv, float* context,
-                                  ThreadState& ts) {
+                                  ThreadState& ts, StageClock& clock) {
   const ModelConfig& c = model_->config;
   const uint32_t d = c.d_model, dh = c.d_head();
   const uint32_t rows = task.row_end - task.row_begin;
@@ -275,6 +294,7 @@ void OneDnnAttention::AttendTiled(const SequencePlan& sp, const AttentionTask& t
     const uint32_t width = std::min(task.key_tile, task.key_end - kb);
     const bool first = kb == task.key_begin;
     Scores(sp, task, head, qkv, kb, width, scores, ts);
+    clock.Lap(ts.times.scores);
     bool rescale = false;
     for (uint32_t r = 0; r < rows; ++r) {
       float* row = scores + size_t{r} * width;
@@ -299,7 +319,9 @@ void OneDnnAttention::AttendTiled(const SequencePlan& sp, const AttentionTask& t
         for (uint32_t k = 0; k < dh; ++k) out[k] *= f;
       }
     }
+    clock.Lap(ts.times.normalize);
     Context(sp, task, head, qkv, ProbsFor(scores, ts), kb, width, ctx, !first, ts);
+    clock.Lap(ts.times.context);
   }
   ts.stream.wait();
   // Divide by the softmax denominator or the ReLU count; a row that saw no
@@ -309,6 +331,7 @@ void OneDnnAttention::AttendTiled(const SequencePlan& sp, const AttentionTask& t
     const float f = stats.sum[r] > 0.0f ? 1.0f / stats.sum[r] : 0.0f;
     for (uint32_t k = 0; k < dh; ++k) out[k] *= f;
   }
+  clock.Lap(ts.times.normalize);
 }
 
 }  // namespace attnserve::core

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "core/attention_plan.h"
 #include "core/model.h"
+#include "core/profile.h"
 #include "core/scratch.h"
 #include "dnnl.hpp"
 
@@ -28,10 +29,10 @@ class OneDnnAttention {
   // (f32 accumulation, f32 scores and context); only for dot relevance.
   // Errors: oneDNN has no implementation for the matmuls (e.g. bf16 on a CPU
   // without it: dnnl::error caught here) or only its slow reference one:
-  // INTERNAL.
+  // INTERNAL. `profile`: time each step (see TakeProfile).
   static absl::StatusOr<std::unique_ptr<OneDnnAttention>> Create(
       std::shared_ptr<const Model> model, const dnnl::engine& eng, bool bf16,
-      int num_threads);
+      int num_threads, bool profile = false);
 
   // Computes every task of `plan`. `qkv`: T x 3d (q | k | v per token), bf16
   // when created with bf16 = true, else f32; `context`: T x d f32, every row
@@ -41,6 +42,11 @@ class OneDnnAttention {
   // block). Throws dnnl::error or std::bad_alloc on failure.
   void Run(const AttentionPlan& plan, const void* qkv, float* context,
            std::vector<SequenceOutput>& outs);
+
+  // Adds the thread-seconds spent in each step since the last call to
+  // `into` (scores, normalize, context, weights_out) and starts again from
+  // zero. All zero unless created with profile = true.
+  void TakeProfile(EngineProfile& into);
 
   // Frees per-thread scratch larger than `max_bytes`.
   void TrimScratch(size_t max_bytes);
@@ -57,6 +63,7 @@ class OneDnnAttention {
     ScratchBuffer scores;  // rows x tile f32 scores, then one row of masking scratch
     ScratchBuffer probs;   // rows x tile bf16 weights (bf16 only)
     ScratchBuffer stats;   // per-row running max, sum (or count), rescale
+    EngineProfile times;   // the attention steps' thread-seconds, when profiling
   };
 
   OneDnnAttention() = default;
@@ -65,10 +72,10 @@ class OneDnnAttention {
   // The whole key range at once; writes the weights when asked.
   void AttendWhole(const SequencePlan& sp, const AttentionTask& task, uint32_t head,
                    const void* qkv, float* context, std::vector<SequenceOutput>& outs,
-                   ThreadState& ts);
+                   ThreadState& ts, StageClock& clock);
   // Key tiles with a running normalization (weights are never returned here).
   void AttendTiled(const SequencePlan& sp, const AttentionTask& task, uint32_t head,
-                   const void* qkv, float* context, ThreadState& ts);
+                   const void* qkv, float* context, ThreadState& ts, StageClock& clock);
   // scores[rows x width] = relevance of the task's rows against keys
   // [key_begin, key_begin + width) for `head`.
   void Scores(const SequencePlan& sp, const AttentionTask& task, uint32_t head,
@@ -90,6 +97,7 @@ class OneDnnAttention {
   dnnl::engine eng_;
   bool bf16_ = false;
   int num_threads_ = 1;
+  bool profile_ = false;
   dnnl::memory::data_type act_type_ = dnnl::memory::data_type::f32;
   size_t act_bytes_ = 4;  // bytes per Q/K/V/weight element
   dnnl::matmul scores_prim_;       // S = scale * Q K^T

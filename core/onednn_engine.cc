@@ -84,6 +84,7 @@ struct OneDnnEngine::Impl {
   // --- Constant after construction. ---
   std::shared_ptr<const Model> model;
   int num_threads = 1;
+  bool profiling = false;
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::optional<Projection> qkv_proj, out_proj;
   std::unique_ptr<OneDnnAttention> attention;
@@ -102,6 +103,7 @@ struct OneDnnEngine::Impl {
   ScratchBuffer x_buf;
   ScratchBuffer qkv_buf;  // [T, 3d], qkv_type
   ScratchBuffer ctx_buf;  // [T, d] f32
+  EngineProfile profile;  // the engine's stages; the attention's own in `attention`
 
   absl::Status Init(const OneDnnEngineOptions& options);
   absl::Status CreatePrimitives(bool bf16);
@@ -190,7 +192,7 @@ absl::Status OneDnnEngine::Impl::CreatePrimitives(bool bf16) {
     }
   }
   absl::StatusOr<std::unique_ptr<OneDnnAttention>> a =
-      OneDnnAttention::Create(model, eng, attention_bf16, num_threads);
+      OneDnnAttention::Create(model, eng, attention_bf16, num_threads, profiling);
   if (!a.ok()) return a.status();
   attention = *std::move(a);
   primitives_created += attention->primitives_created();
@@ -200,6 +202,8 @@ absl::Status OneDnnEngine::Impl::CreatePrimitives(bool bf16) {
 absl::Status OneDnnEngine::Impl::Init(const OneDnnEngineOptions& options) {
   const ModelConfig& c = model->config;
   num_threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
+  profiling = options.profile;
+  profile.threads = num_threads;
   plan_options.block_floats = options.score_block_floats;
   plan_options.key_tile = options.key_tile;
   const std::string isa = IsaToString(dnnl::get_effective_cpu_isa());
@@ -328,11 +332,16 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
     for (ScratchBuffer* b : {&x_buf, &qkv_buf, &ctx_buf}) b->Trim(kRetainedScratchBytes);
     attention->TrimScratch(kRetainedScratchBytes);
   };
+  StageClock total(profiling), clock(profiling);
+  double other = 0;  // planning, output allocation: total minus the stages
   const AttentionPlan plan = MakeAttentionPlan(batch, c.num_heads, plan_options);
   const size_t T = plan.total_tokens;
   // 1-2. Pack the input, project to Q, K, V.
+  clock.Lap(other);
   PackInput(plan);
+  clock.Lap(profile.pack);
   ComputeQkv(plan);
+  clock.Lap(profile.qkv_projection);
   // 3. Attention per (sequence, row block, head) -> context [T, d].
   // Weights matrices are allocated uninitialized (no zero-fill pass): the
   // attention tasks write every entry exactly once, and their first touch of
@@ -347,7 +356,9 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
     for (WeightsMatrix& m : outs[s].attention) m.resize(L * L);
   }
   float* ctx = ctx_buf.ReserveAs<float>(T * d);
+  clock.Lap(other);
   attention->Run(plan, qkv_buf.Reserve(0), ctx, outs);
+  clock.Lap(profile.attention);
   // 4. Output projection over every token at once. x_buf is free again: it
   // takes the output (f32), or in bf16 the rounded context, with the output
   // written over the f32 context.
@@ -363,6 +374,7 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
       y = out;
     }
   }
+  clock.Lap(profile.out_projection);
   // 5. Unpack (into the caller's buffers where given), pooling where asked.
   //    Memory-bound copies: spread over the threads for large batches.
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (T * d >= (1u << 16))
@@ -382,6 +394,9 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
       for (size_t k = 0; k < d; ++k) dst[k] = static_cast<float>(sum[k] / sp.length);
     }
   }
+  clock.Lap(profile.unpack);
+  if (profiling) ++profile.runs;
+  total.Lap(profile.total);
   return outs;
 }
 
@@ -428,6 +443,15 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Run(
 uint64_t OneDnnEngine::primitives_created() const { return impl_->primitives_created; }
 
 const std::string& OneDnnEngine::compute_path() const { return impl_->compute_path; }
+
+EngineProfile OneDnnEngine::TakeProfile() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  EngineProfile p = impl_->profile;
+  impl_->attention->TakeProfile(p);
+  impl_->profile = {};
+  impl_->profile.threads = impl_->num_threads;
+  return p;
+}
 
 std::string OneDnnEngine::IsaName() { return IsaToString(dnnl::get_effective_cpu_isa()); }
 

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/engine.h"
+#include "core/profile.h"
 
 namespace attnserve::core {
 
@@ -34,6 +35,8 @@ struct OneDnnEngineOptions {
   size_t score_block_floats = size_t{1} << 18;
   // Keys per tile on that streaming path. Must be >= 1.
   uint32_t key_tile = 1024;
+  // Time every stage of every Run (see TakeProfile); for benchmarks.
+  bool profile = false;
 };
 
 class OneDnnEngine : public Engine {
@@ -59,6 +62,11 @@ class OneDnnEngine : public Engine {
   // "bf16 (avx512_core_bf16; projections and attention)" or
   // "fp32 (bf16 requested; avx2 has no native bf16)".
   const std::string& compute_path() const;
+
+  // Where the time of the Run calls since the last TakeProfile went (all
+  // zero, runs included, unless created with options.profile); starts
+  // counting again from zero.
+  EngineProfile TakeProfile();
 
   // The instruction set oneDNN dispatches to on this machine (e.g.
   // "avx512_core_bf16"), for startup logs.
