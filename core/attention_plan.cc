@@ -48,8 +48,37 @@ size_t AttentionTask::TileFloats() const {
   return size_t{row_end - row_begin} * std::min(key_end - key_begin, key_tile);
 }
 
+namespace {
+
+// Query rows per task for sequence `seq` (see MakeAttentionPlan).
+uint32_t BlockRows(const SequenceInput& seq, uint32_t max_rows, const PlanOptions& options) {
+  if (seq.weights == WeightsMode::kNone) return max_rows;
+  // Returned weights need whole score rows: shrink the block instead.
+  return static_cast<uint32_t>(
+      std::clamp<size_t>(options.block_floats / seq.length, options.min_rows, max_rows));
+}
+
+uint32_t ChooseMaxRows(std::span<const SequenceInput> batch, uint32_t num_heads,
+                       const PlanOptions& options) {
+  uint32_t max_rows = options.max_rows;
+  while (max_rows > 64) {
+    size_t tasks = 0;
+    for (const SequenceInput& seq : batch) {
+      const uint32_t rows = BlockRows(seq, max_rows, options);
+      const size_t heads = seq.weights == WeightsMode::kMean ? 1 : num_heads;
+      tasks += (seq.length + rows - 1) / rows * heads;
+    }
+    if (tasks >= options.min_tasks) break;
+    max_rows /= 2;
+  }
+  return max_rows;
+}
+
+}  // namespace
+
 AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t num_heads,
                                 const PlanOptions& options) {
+  const uint32_t max_rows = ChooseMaxRows(batch, num_heads, options);
   AttentionPlan plan;
   plan.seqs.resize(batch.size());
   for (size_t s = 0; s < batch.size(); ++s) {
@@ -60,11 +89,7 @@ AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t n
     plan.total_tokens += sp.length;
     BuildEdges(batch[s].mask, sp.length, sp);
     const bool weights = batch[s].weights != WeightsMode::kNone;
-    // Returned weights need whole score rows: shrink the block instead.
-    const uint32_t rows =
-        weights ? static_cast<uint32_t>(std::clamp<size_t>(options.block_floats / sp.length,
-                                                           options.min_rows, options.max_rows))
-                : options.max_rows;
+    const uint32_t rows = BlockRows(batch[s], max_rows, options);
     const bool fits = weights || size_t{rows} * sp.length <= options.block_floats;
     const uint32_t key_tile = fits ? sp.length : options.key_tile;
     // The mean over heads is summed in place by one task; anything else

@@ -52,8 +52,11 @@ struct PlanOptions {
   // Score floats (rows x keys) one task keeps at once; ~1 MiB keeps a block
   // in L2 between Q.K^T, the normalization and P.V.
   size_t block_floats = size_t{1} << 18;
-  uint32_t max_rows = 64;  // query rows per task at most
-  uint32_t min_rows = 8;   // ... and at least (when the sequence has them)
+  uint32_t max_rows = 256;  // query rows per task at most
+  uint32_t min_rows = 8;    // ... and at least (when the sequence has them)
+  // Fewer tasks than this (a small batch of few heads) halve max_rows, down
+  // to 64, so that every thread still gets work.
+  size_t min_tasks = 1;
   // Keys per tile when a sequence without returned weights is too long for a
   // max_rows x L block within block_floats.
   uint32_t key_tile = 1024;
@@ -68,8 +71,9 @@ struct AttentionPlan {
 };
 
 // REQUIRES: every sequence passed ValidateSequence; num_heads >= 1.
-// A sequence whose weights are returned is split in blocks of at most
-// max_rows rows, fewer for long sequences so that a block's scores (rows x
+// max_rows is first halved (not below 64) while the batch would have fewer
+// than min_tasks tasks. A sequence whose weights are returned is split in
+// blocks of at most max_rows rows, fewer for long sequences so that a block's scores (rows x
 // all its keys) stay within block_floats where possible. Other sequences use
 // max_rows-row blocks and stream their keys in key_tile tiles when rows x
 // keys would exceed block_floats. Each block is one task per head (so a

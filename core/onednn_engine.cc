@@ -206,6 +206,8 @@ absl::Status OneDnnEngine::Impl::Init(const OneDnnEngineOptions& options) {
   profile.threads = num_threads;
   plan_options.block_floats = options.score_block_floats;
   plan_options.key_tile = options.key_tile;
+  plan_options.max_rows = options.block_rows;
+  plan_options.min_tasks = 4 * size_t(num_threads);  // room for dynamic balancing
   const std::string isa = IsaToString(dnnl::get_effective_cpu_isa());
   compute_path = absl::StrCat("fp32 (", isa, ")");
   bool done = false;
@@ -409,11 +411,12 @@ absl::StatusOr<std::unique_ptr<OneDnnEngine>> OneDnnEngine::Create(
   absl::Status st = ValidateModelConfig(model->config, model->name);
   if (st.ok()) st = ValidateModelWeights(model->config, model->weights, model->name);
   if (!st.ok()) return st;
-  if (options.score_block_floats < 64 || options.key_tile < 1 || options.num_threads < 0) {
+  if (options.score_block_floats < 64 || options.key_tile < 1 || options.num_threads < 0 ||
+      options.block_rows < 8) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "OneDnnEngineOptions: num_threads must be >= 0, score_block_floats >= 64 and "
-        "key_tile >= 1; were ", options.num_threads, ", ", options.score_block_floats,
-        " and ", options.key_tile));
+        "OneDnnEngineOptions: num_threads must be >= 0, score_block_floats >= 64, "
+        "key_tile >= 1 and block_rows >= 8; were ", options.num_threads, ", ",
+        options.score_block_floats, ", ", options.key_tile, " and ", options.block_rows));
   }
   auto impl = std::make_unique<Impl>();
   impl->model = std::move(model);

@@ -66,7 +66,8 @@ TEST_P(Bf16VsReference, WithinTolerance) {
   auto want = (*reference)->Run(batch.seqs);
   ASSERT_TRUE(want.ok());
   for (const OneDnnEngineOptions& options :
-       {OneDnnEngineOptions{}, OneDnnEngineOptions{.score_block_floats = 64 * 64, .key_tile = 37}}) {
+       {OneDnnEngineOptions{},
+        OneDnnEngineOptions{.score_block_floats = 64 * 64, .key_tile = 37, .block_rows = 64}}) {
     auto engine = OneDnnEngine::Create(model, options);
     ASSERT_TRUE(engine.ok()) << engine.status();
     auto got = (*engine)->Run(batch.seqs);
@@ -143,7 +144,8 @@ TEST(Bf16, FallsBackToFp32WithoutNativeBf16) {
 TEST(Bf16, SteadyStateCreatesNoPrimitives) {
   auto model = RandomModel(
       Bf16Config(Positional::kSinusoidal, Relevance::kDot, Normalization::kSoftmax, true), 5);
-  auto engine = OneDnnEngine::Create(model, {.score_block_floats = 64 * 64, .key_tile = 37});
+  auto engine = OneDnnEngine::Create(
+      model, {.score_block_floats = 64 * 64, .key_tile = 37, .block_rows = 64});
   ASSERT_TRUE(engine.ok());
   const uint64_t after_create = (*engine)->primitives_created();
   EXPECT_GT(after_create, 0u);

@@ -179,6 +179,26 @@ TEST(AttentionPlan, PacksSequencesAndCoversEveryRowAndHeadOnce) {
   for (int c : covered) EXPECT_EQ(c, 1);
 }
 
+// Blocks of max_rows rows while the batch has min_tasks tasks; a batch too
+// small for that gets blocks halved down to 64 rows, never below.
+TEST(AttentionPlan, SmallBatchesGetSmallerBlocks) {
+  std::vector<float> data(1000);
+  SequenceInput in;
+  in.length = 1000;
+  in.data = data;
+  auto rows_of = [&](uint32_t heads, size_t min_tasks) {
+    const PlanOptions options{.max_rows = 256, .min_tasks = min_tasks};
+    const AttentionPlan plan = MakeAttentionPlan(std::span(&in, 1), heads, options);
+    return plan.max_rows;
+  };
+  EXPECT_EQ(rows_of(1, 1), 256u);   // 4 tasks of 256 rows
+  EXPECT_EQ(rows_of(1, 4), 256u);
+  EXPECT_EQ(rows_of(1, 5), 128u);   // 8 tasks
+  EXPECT_EQ(rows_of(1, 16), 64u);   // 16 tasks
+  EXPECT_EQ(rows_of(1, 100), 64u);  // 16 tasks: 64 is the floor
+  EXPECT_EQ(rows_of(8, 8), 256u);   // 4 blocks x 8 heads
+}
+
 TEST(AttentionPlan, MaskRowCombinesRangeAndEdges) {
   std::vector<float> data(6);
   SequenceInput in;

@@ -33,7 +33,8 @@ using testing::RandomVector;
 constexpr double kTolerance = 1e-5;
 // 64 rows x 64 keys: any sequence longer than 64 tokens without weights
 // streams its keys, 37 at a time (odd, so tiles straddle every pattern).
-constexpr OneDnnEngineOptions kSmallTiles{.score_block_floats = 64 * 64, .key_tile = 37};
+constexpr OneDnnEngineOptions kSmallTiles{
+    .score_block_floats = 64 * 64, .key_tile = 37, .block_rows = 64};
 
 // Every mask kind x pooling with no weights (tiled, L in [150, 400]), plus
 // each mask kind once with per-head weights (the materialized path, in the
@@ -144,7 +145,7 @@ TEST(TiledAttention, LongCausalSequenceOnDefaultTiles) {
   auto model = RandomModel(c, 12);
   auto reference = CreateReferenceEngine(model);
   // 64 rows x 1500 keys exceeds this budget: tiles of the default 1024 keys.
-  auto engine = OneDnnEngine::Create(model, {.score_block_floats = 64 * 1024});
+  auto engine = OneDnnEngine::Create(model, {.score_block_floats = 64 * 1024, .block_rows = 64});
   ASSERT_TRUE(reference.ok() && engine.ok());
   std::mt19937 rng(1);
   const std::vector<float> x = RandomVector(rng, 1500 * 64, 1.0f);
@@ -156,7 +157,7 @@ TEST(TiledAttention, LongCausalSequenceOnDefaultTiles) {
   ExpectClose(*got, *want, kTolerance);
 }
 
-// Past the default budget (64 x 4096 scores), with the engine's defaults:
+// Past the default budget (256 rows x 1024 keys of scores), with the engine's defaults:
 // the tiled output equals the materialized one (asking for weights forces
 // whole score rows).
 TEST(TiledAttention, DefaultEngineTiledEqualsMaterialized) {
