@@ -184,6 +184,22 @@ json RunRoofCase(const BenchCase& c, const TimingOptions& t) {
   return r;
 }
 
+// The memory roof for returning weights: allocate a fresh buffer the way the
+// engine allocates weights matrices (core::WeightsMatrix: mapped pages,
+// transparent huge pages where the kernel has them), write every byte on all
+// threads, free it. "gflops" is GB/s.
+json RunWriteRoof(const BenchCase& c, const TimingOptions& t) {
+  const size_t floats = size_t(c.check_mib) * 1024 * 1024 / sizeof(float);
+  return Timed([&] {
+    core::WeightsMatrix m(floats);
+    float* data = m.data();
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < floats; i += 4096) {
+      std::fill_n(data + i, std::min<size_t>(4096, floats - i), 1.0f);
+    }
+  }, t, double(floats * sizeof(float)));
+}
+
 // Touches `mib` MiB, then frees it.
 void TouchAndFree(int mib) {
   std::vector<char> block(size_t(mib) * 1024 * 1024);
@@ -217,6 +233,7 @@ std::string BenchCase::Name() const {
   switch (kind) {
     case Kind::kRoof: return bf16 ? "roof/bf16" : "roof/fp32";
     case Kind::kMemoryCheck: return "memory_check/" + std::to_string(check_mib) + "MiB";
+    case Kind::kWriteRoof: return "write_roof/" + std::to_string(check_mib) + "MiB";
     case Kind::kReference:
       std::snprintf(buf, sizeof buf, "reference/B%d_L%d_d%d_h%d", s.batch, s.length,
                     s.d_model, s.heads);
@@ -236,6 +253,7 @@ std::string BenchCase::Spec() const {
   switch (kind) {
     case Kind::kRoof: return "roof:" + precision;
     case Kind::kMemoryCheck: return "memcheck:" + std::to_string(check_mib);
+    case Kind::kWriteRoof: return "writeroof:" + std::to_string(check_mib);
     case Kind::kReference: return "reference:" + dims;
     case Kind::kAttention: break;
   }
@@ -263,6 +281,8 @@ std::optional<BenchCase> BenchCase::Parse(std::string_view spec) {
     if (!c.bf16 && std::strcmp(precision, "fp32") != 0) return std::nullopt;
   } else if (std::sscanf(text.c_str(), "memcheck:%d", &c.check_mib) == 1) {
     c.kind = Kind::kMemoryCheck;
+  } else if (std::sscanf(text.c_str(), "writeroof:%d", &c.check_mib) == 1) {
+    c.kind = Kind::kWriteRoof;
   } else {
     return std::nullopt;
   }
@@ -285,6 +305,7 @@ json RunCase(const BenchCase& c, const TimingOptions& timing) {
       }
       case BenchCase::Kind::kRoof: r = RunRoofCase(c, timing); break;
       case BenchCase::Kind::kMemoryCheck: r = RunMemoryCheck(c); break;
+      case BenchCase::Kind::kWriteRoof: r = RunWriteRoof(c, timing); break;
     }
   } catch (const std::exception& e) {
     r = {{"error", e.what()}};

@@ -30,6 +30,7 @@ struct BenchCase {
     kReference,    // the reference engine on `shape`, fp32, no weights, one run
     kRoof,         // oneDNN matmul 2048³ in fp32 or bf16 (bf16 in, f32 out)
     kMemoryCheck,  // touches `check_mib` MiB inside a PeakMemoryWindow
+    kWriteRoof,    // allocates and writes `check_mib` MiB the way returned weights are
   };
   Kind kind = Kind::kAttention;
   Shape shape;
@@ -56,7 +57,7 @@ struct TimingOptions {
 // (median wall time of one run), "runs", "gflops" (at the median),
 // "peak_extra_mib" (PeakMemoryWindow over the warm-up and timed runs, opened
 // once the model, engine and inputs exist), "memory_reset_ok", and for roofs
-// "impl" (oneDNN's implementation name). With timing.breakdown, attention
+// "impl" (oneDNN's implementation name); for kWriteRoof "gflops" is GB/s. With timing.breakdown, attention
 // cases also give "breakdown": the mean milliseconds per timed run of each
 // stage (core::EngineProfile; the attention steps as their share of the wall,
 // thread-seconds / threads). On failure: "name" and "error".

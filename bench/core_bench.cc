@@ -48,6 +48,7 @@ const Shape kShapes[] = {{1, 128, 256, 8},   {32, 128, 256, 8},  {8, 512, 512, 8
                          {1, 2048, 1024, 16}, {1, 8192, 512, 8}};
 const Shape kReferenceShape = {32, 128, 256, 8};
 constexpr int kMemoryCheckMiB = 256;
+constexpr int kWriteRoofMiB = 1024;
 
 struct Options {
   std::string format = "table";
@@ -144,7 +145,7 @@ json RunAll(const Options& o) {
   check.kind = BenchCase::Kind::kMemoryCheck;
   check.check_mib = kMemoryCheckMiB;
   result["memory_check"] = RunInChild(check, o);
-  std::vector<json> roofs[2];
+  std::vector<json> roofs[2], write_roofs;
   auto measure_roofs = [&] {
     for (bool bf16 : {false, true}) {
       BenchCase roof;
@@ -152,6 +153,10 @@ json RunAll(const Options& o) {
       roof.bf16 = bf16;
       roofs[bf16].push_back(RunInChild(roof, o));
     }
+    BenchCase write;
+    write.kind = BenchCase::Kind::kWriteRoof;
+    write.check_mib = kWriteRoofMiB;
+    write_roofs.push_back(RunInChild(write, o));
   };
   measure_roofs();
   json rows = json::array();
@@ -166,7 +171,8 @@ json RunAll(const Options& o) {
     rows.push_back(r);
   }
   if (!o.quick) measure_roofs();
-  result["roofs"] = {{"fp32", BestRoof(roofs[0])}, {"bf16", BestRoof(roofs[1])}};
+  result["roofs"] = {{"fp32", BestRoof(roofs[0])}, {"bf16", BestRoof(roofs[1])},
+                     {"write", BestRoof(write_roofs)}};
   for (json& r : rows) {
     const double roof = result["roofs"][r["precision"].get<std::string>()].value("gflops", 0.0);
     if (r.contains("gflops") && roof > 0) r["roof_fraction"] = r["gflops"].get<double>() / roof;
@@ -205,7 +211,7 @@ void PrintRow(const json& r) {
 
 // One row of the breakdown table: a stage's milliseconds and, for the
 // matmuls, its rate.
-void PrintBreakdownRow(const json& r) {
+void PrintBreakdownRow(const json& r, double write_gbs) {
   const json& b = r["breakdown"];
   const double B = r["batch"], L = r["length"], d = r["d_model"];
   auto cell = [&](const char* stage, double flops) {
@@ -227,7 +233,13 @@ void PrintBreakdownRow(const json& r) {
   cell("weights_out", 0);
   cell("attention_idle", 0);
   cell("out_projection", 2 * B * L * d * d);
-  std::printf(" %.2f |\n", b.value("pack", 0.0) + b.value("unpack", 0.0) + b.value("other", 0.0));
+  std::printf(" %.2f |", b.value("pack", 0.0) + b.value("unpack", 0.0) + b.value("other", 0.0));
+  if (r["weights"] == "per-head" && write_gbs > 0) {
+    const double bytes = B * r["heads"].get<double>() * L * L * sizeof(float);
+    std::printf(" %.2f |\n", bytes / write_gbs / 1e6);
+  } else {
+    std::printf(" |\n");
+  }
 }
 
 void PrintBreakdown(const json& result) {
@@ -236,12 +248,15 @@ void PrintBreakdown(const json& result) {
               "at once on different tasks: each is its thread-seconds / threads; idle = the "
               "attention stage's wall minus those (threads waiting for the last task). "
               "pack etc. = packing the input, copying outputs out, planning and allocating "
-              "outputs.\n\n");
+              "outputs. weights floor = the bytes of the returned weights at the fresh-memory "
+              "write rate: the least returning them can add.\n\n");
   std::printf("| B | L | d_model | heads | precision | weights | total ms | Q,K,V projection "
-              "| QK^T | mask+softmax | PV | weights out | idle | output projection | pack etc. |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "| QK^T | mask+softmax | PV | weights out | idle | output projection | pack etc. "
+              "| weights floor |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  const double write_gbs = result["roofs"]["write"].value("gflops", 0.0);
   for (const json& r : result["rows"]) {
-    if (r.contains("breakdown")) PrintBreakdownRow(r);
+    if (r.contains("breakdown")) PrintBreakdownRow(r, write_gbs);
   }
 }
 
@@ -257,6 +272,9 @@ void PrintTable(const json& result, const Options& o) {
               result["omp_wait_policy"].get<std::string>().c_str());
   PrintRoof("fp32", "f32", result["roofs"]["fp32"]);
   PrintRoof("bf16", "bf16 in, f32 out", result["roofs"]["bf16"]);
+  std::printf("fresh-memory write: allocating and writing %d MiB as the engine allocates returned "
+              "weights = %.1f GB/s\n", kWriteRoofMiB,
+              result["roofs"]["write"].value("gflops", 0.0));
   const json& check = result["memory_check"];
   std::printf("peak extra memory: peak RSS during the runs minus RSS with model, engine and "
               "inputs loaded, one process per row (check: after a %d MiB peak, touching %d MiB "
