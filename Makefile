@@ -4,7 +4,8 @@
 #   make run     deps + build + start attnserve on the embedded demo model
 #                (gRPC :50051, metrics :9090; ARGS="--log-level debug" adds flags)
 #   make test    deps + build + every ctest suite (what .ci/run calls)
-#   make bench   deps + core_bench + its table (BENCH_ARGS="--quick" or "--filter L8192")
+#   make bench   deps + core_bench + its table (BENCH_ARGS="--quick", "--filter L8192",
+#                "--breakdown" for where each row's time goes)
 #   make bench-torch  deps + core_bench + PyTorch's nn.MultiheadAttention on the same
 #                rows (Debian's python3-torch on OpenBLAS) and the speed-up table
 #   make bench-serve  deps + build + the serving benchmark (serve_bench)
