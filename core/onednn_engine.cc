@@ -85,6 +85,7 @@ struct OneDnnEngine::Impl {
   std::shared_ptr<const Model> model;
   int num_threads = 1;
   bool profiling = false;
+  size_t prefault_bytes = 0;
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::optional<Projection> qkv_proj, out_proj;
   std::unique_ptr<OneDnnAttention> attention;
@@ -112,6 +113,7 @@ struct OneDnnEngine::Impl {
                             memory::dim out, dt src_type, dt dst_type);
   void Project(const Projection& p, const void* src, memory::dim rows, void* dst);
   void PackInput(const AttentionPlan& plan);
+  void PrefaultLargeOutputs(std::vector<SequenceOutput>& outs);
   void ComputeQkv(const AttentionPlan& plan);
   absl::StatusOr<std::vector<SequenceOutput>> RunLocked(
       std::span<const SequenceInput> batch);
@@ -203,6 +205,7 @@ absl::Status OneDnnEngine::Impl::Init(const OneDnnEngineOptions& options) {
   const ModelConfig& c = model->config;
   num_threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
   profiling = options.profile;
+  prefault_bytes = options.prefault_bytes;
   profile.threads = num_threads;
   plan_options.block_floats = options.score_block_floats;
   plan_options.key_tile = options.key_tile;
@@ -250,6 +253,38 @@ void OneDnnEngine::Impl::Project(const Projection& p, const void* src, memory::d
                           {DNNL_ARG_BIAS, p.bias},
                           {DNNL_ARG_DST, dst_mem}});
   stream.wait();
+}
+
+// When the batch's large weights matrices (AllocatePages' huge-page sizes)
+// total at least prefault_bytes, maps their pages before the attention writes
+// them, on all threads: one store per 4 KiB. Left to the attention tasks, each
+// page fault lands in the middle of a score matmul, and zeroing a fresh 2 MiB
+// page evicts the block of scores the task is about to normalize and multiply
+// from the core's L2. That only costs more than a separate pass once the
+// weights far exceed the last-level cache (see OneDnnEngineOptions).
+void OneDnnEngine::Impl::PrefaultLargeOutputs(std::vector<SequenceOutput>& outs) {
+  constexpr size_t kPageFloats = 4096 / sizeof(float);
+  std::vector<std::span<float>> large;
+  size_t pages = 0;
+  size_t bytes = 0;
+  for (SequenceOutput& o : outs) {
+    for (WeightsMatrix& m : o.attention) {
+      if (m.size() * sizeof(float) < kHugePageThreshold) continue;
+      large.emplace_back(m.data(), m.size());
+      pages += (m.size() + kPageFloats - 1) / kPageFloats;
+      bytes += m.size() * sizeof(float);
+    }
+  }
+  if (large.empty() || bytes < prefault_bytes) return;
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+  for (size_t page = 0; page < pages; ++page) {
+    // The matrix holding this page: few large matrices, so a linear walk.
+    size_t first = page, i = 0;
+    for (; first >= (large[i].size() + kPageFloats - 1) / kPageFloats; ++i) {
+      first -= (large[i].size() + kPageFloats - 1) / kPageFloats;
+    }
+    large[i][first * kPageFloats] = 0.0f;
+  }
 }
 
 // Packs every sequence end to end into x_buf (x_type), adding the positional
@@ -346,8 +381,9 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
   clock.Lap(profile.qkv_projection);
   // 3. Attention per (sequence, row block, head) -> context [T, d].
   // Weights matrices are allocated uninitialized (no zero-fill pass): the
-  // attention tasks write every entry exactly once, and their first touch of
-  // the pages happens on all threads.
+  // attention tasks write every entry exactly once, and the first touch of
+  // the pages happens on all threads (in the tasks, or for huge outputs in
+  // PrefaultLargeOutputs).
   std::vector<SequenceOutput> outs(batch.size());
   for (size_t s = 0; s < batch.size(); ++s) {
     const size_t L = batch[s].length;
@@ -357,6 +393,7 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
     outs[s].attention.resize(matrices);
     for (WeightsMatrix& m : outs[s].attention) m.resize(L * L);
   }
+  PrefaultLargeOutputs(outs);
   float* ctx = ctx_buf.ReserveAs<float>(T * d);
   clock.Lap(other);
   attention->Run(plan, qkv_buf.Reserve(0), ctx, outs);

@@ -1,6 +1,7 @@
 // The engine's stage profile (OneDnnEngineOptions::profile, which
-// bench/core_bench --breakdown reads) and the page allocator behind large
-// outputs (core::AllocatePages). The profile's figures are times, so the
+// bench/core_bench --breakdown reads) and large outputs: the page allocator
+// behind them (core::AllocatePages) and mapping their pages up front
+// (OneDnnEngineOptions::prefault_bytes). The profile's figures are times, so the
 // checks are on what must hold whatever the machine's speed: runs counted,
 // every stage that ran has time, the stages fit in the total, nothing is
 // counted when profiling is off, and taking the profile starts it afresh.
@@ -10,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <vector>
 
 #include "core/onednn_engine.h"
 #include "tests/test_util.h"
@@ -110,6 +112,41 @@ TEST(AllocatePagesTest, WeightsMatricesUseIt) {
   WeightsMatrix copy = m;  // copies allocate through it too
   EXPECT_EQ(copy.back(), 1.5f);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(copy.data()) % (size_t{2} << 20), 0u);
+}
+
+// Weights large enough for AllocatePages' mapped pages, with their pages
+// mapped up front (prefault_bytes = 0) or by the attention itself: the same
+// weights either way, and the reference's.
+TEST(LargeOutputsTest, PrefaultedWeightsEqualTheReference) {
+  ModelConfig config = testing::SmallConfig(Positional::kNone, Relevance::kDot,
+                                            Normalization::kSoftmax, true, 1100);
+  config.num_heads = 2;
+  config.scale = 1.0 / 4;
+  const auto model = RandomModel(config, 3);
+  constexpr uint32_t L = 1100;  // 1100^2 floats = 4.6 MiB per head
+  static_assert(size_t{L} * L * sizeof(float) >= kHugePageThreshold);
+  std::mt19937 rng(4);
+  const std::vector<float> x = testing::RandomVector(rng, L * config.d_model, 1.0f);
+  std::vector<SequenceInput> seqs(2, SequenceInput{x, L, {}, WeightsMode::kPerHead,
+                                                   Pooling::kNone, {}, false});
+  seqs[1].mask.causal = true;  // masked entries must be exact zeros too
+  seqs[1].weights = WeightsMode::kMean;
+  auto reference = CreateReferenceEngine(model);
+  auto prefaulted = OneDnnEngine::Create(model, {.prefault_bytes = 0});
+  auto in_place = OneDnnEngine::Create(model, {.prefault_bytes = SIZE_MAX});
+  ASSERT_TRUE(reference.ok() && prefaulted.ok() && in_place.ok());
+  auto want = (*reference)->Run(seqs);
+  auto got = (*prefaulted)->Run(seqs);
+  auto other = (*in_place)->Run(seqs);
+  ASSERT_TRUE(want.ok() && got.ok() && other.ok());
+  testing::ExpectClose(*got, *want, 1e-5);
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    ASSERT_EQ((*got)[s].attention.size(), (*other)[s].attention.size());
+    for (size_t h = 0; h < (*got)[s].attention.size(); ++h) {
+      EXPECT_TRUE((*got)[s].attention[h] == (*other)[s].attention[h]) << s << " " << h;
+    }
+  }
+  EXPECT_EQ((*got)[1].attention[0][1], 0.0f);  // row 0 sees only key 0
 }
 
 TEST(AllocatePagesTest, AnImpossibleSizeThrowsBadAlloc) {
