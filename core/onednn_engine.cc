@@ -264,26 +264,21 @@ void OneDnnEngine::Impl::Project(const Projection& p, const void* src, memory::d
 // weights far exceed the last-level cache (see OneDnnEngineOptions).
 void OneDnnEngine::Impl::PrefaultLargeOutputs(std::vector<SequenceOutput>& outs) {
   constexpr size_t kPageFloats = 4096 / sizeof(float);
-  std::vector<std::span<float>> large;
-  size_t pages = 0;
+  auto large = [](const WeightsMatrix& m) {
+    return m.size() * sizeof(float) >= kHugePageThreshold;
+  };
   size_t bytes = 0;
-  for (SequenceOutput& o : outs) {
-    for (WeightsMatrix& m : o.attention) {
-      if (m.size() * sizeof(float) < kHugePageThreshold) continue;
-      large.emplace_back(m.data(), m.size());
-      pages += (m.size() + kPageFloats - 1) / kPageFloats;
-      bytes += m.size() * sizeof(float);
-    }
+  for (const SequenceOutput& o : outs) {
+    for (const WeightsMatrix& m : o.attention) bytes += large(m) ? m.size() * sizeof(float) : 0;
   }
-  if (large.empty() || bytes < prefault_bytes) return;
+  if (bytes == 0 || bytes < prefault_bytes) return;
+  for (SequenceOutput& o : outs) {
+    for (WeightsMatrix& m : o.attention) {  // each one is several MiB: one loop apiece
+      if (!large(m)) continue;
+      float* data = m.data();
 #pragma omp parallel for num_threads(num_threads) schedule(static)
-  for (size_t page = 0; page < pages; ++page) {
-    // The matrix holding this page: few large matrices, so a linear walk.
-    size_t first = page, i = 0;
-    for (; first >= (large[i].size() + kPageFloats - 1) / kPageFloats; ++i) {
-      first -= (large[i].size() + kPageFloats - 1) / kPageFloats;
+      for (size_t i = 0; i < m.size(); i += kPageFloats) data[i] = 0.0f;
     }
-    large[i][first * kPageFloats] = 0.0f;
   }
 }
 

@@ -35,20 +35,6 @@ struct EngineProfile {
   double other() const {
     return total - pack - qkv_projection - attention - out_projection - unpack;
   }
-  EngineProfile& operator+=(const EngineProfile& o) {
-    runs += o.runs;
-    total += o.total;
-    pack += o.pack;
-    qkv_projection += o.qkv_projection;
-    attention += o.attention;
-    out_projection += o.out_projection;
-    unpack += o.unpack;
-    scores += o.scores;
-    normalize += o.normalize;
-    context += o.context;
-    weights_out += o.weights_out;
-    return *this;
-  }
 };
 
 // Adds the time since the last lap to a counter; does nothing when off.
