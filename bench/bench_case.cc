@@ -107,12 +107,23 @@ json Timed(const std::function<void()>& fn, const TimingOptions& t, double flops
 }
 
 // Milliseconds per run of each stage of `p` (see core::EngineProfile): the
-// engine's stages as wall time, the attention steps as their share of it.
-json BreakdownJson(const core::EngineProfile& p) {
+// engine's stages as wall time, the attention steps as their share of it;
+// and under "gflops", the rate of each matmul stage on shape `s`.
+json BreakdownJson(const core::EngineProfile& p, const Shape& s) {
   const double ms = p.runs > 0 ? 1e3 / p.runs : 0;
   const double step_ms = ms / p.threads;
   const double steps = p.scores + p.normalize + p.context + p.weights_out;
+  const double B = s.batch, L = s.length, d = s.d_model;
+  auto gflops = [](double flops, double seconds) {
+    return seconds > 0 ? flops / seconds / 1e9 : 0.0;
+  };
+  const double per_run = p.runs > 0 ? 1.0 / p.runs : 0, per_step = per_run / p.threads;
+  const json rates = {{"qkv_projection", gflops(6 * B * L * d * d, p.qkv_projection * per_run)},
+                      {"scores", gflops(2 * B * L * L * d, p.scores * per_step)},
+                      {"context", gflops(2 * B * L * L * d, p.context * per_step)},
+                      {"out_projection", gflops(2 * B * L * d * d, p.out_projection * per_run)}};
   return {{"runs", p.runs},
+          {"gflops", rates},
           {"total", p.total * ms},
           {"pack", p.pack * ms},
           {"qkv_projection", p.qkv_projection * ms},
@@ -152,7 +163,7 @@ json RunEngineCase(const BenchCase& c, const TimingOptions& t) {
     // The warm-up run (the first, when there is one) is not in the profile.
     if (++calls == 1 && t.min_runs > 1 && onednn_engine) onednn_engine->TakeProfile();
   }, t, AttentionFlops(c.shape));
-  if (t.breakdown && onednn_engine) r["breakdown"] = BreakdownJson(onednn_engine->TakeProfile());
+  if (t.breakdown && onednn_engine) r["breakdown"] = BreakdownJson(onednn_engine->TakeProfile(), c.shape);
   return r;
 }
 
@@ -189,7 +200,7 @@ json RunRoofCase(const BenchCase& c, const TimingOptions& t) {
 // transparent huge pages where the kernel has them), write every byte on all
 // threads, free it. "gflops" is GB/s.
 json RunWriteRoof(const BenchCase& c, const TimingOptions& t) {
-  const size_t floats = size_t(c.check_mib) * 1024 * 1024 / sizeof(float);
+  const size_t floats = size_t(c.mib) * 1024 * 1024 / sizeof(float);
   return Timed([&] {
     core::WeightsMatrix m(floats);
     float* data = m.data();
@@ -212,10 +223,10 @@ void TouchAndFree(int mib) {
 // freed), touching and freeing N MiB inside the window must read as ~N MiB:
 // the window forgets earlier peaks and keeps transient ones.
 json RunMemoryCheck(const BenchCase& c) {
-  TouchAndFree(2 * c.check_mib);
+  TouchAndFree(2 * c.mib);
   PeakMemoryWindow window;
-  TouchAndFree(c.check_mib);
-  return {{"touched_mib", c.check_mib},
+  TouchAndFree(c.mib);
+  return {{"touched_mib", c.mib},
           {"peak_extra_mib", window.PeakExtraBytes() / kMiB},
           {"memory_reset_ok", window.reset_ok()}};
 }
@@ -232,8 +243,8 @@ std::string BenchCase::Name() const {
   const Shape& s = shape;
   switch (kind) {
     case Kind::kRoof: return bf16 ? "roof/bf16" : "roof/fp32";
-    case Kind::kMemoryCheck: return "memory_check/" + std::to_string(check_mib) + "MiB";
-    case Kind::kWriteRoof: return "write_roof/" + std::to_string(check_mib) + "MiB";
+    case Kind::kMemoryCheck: return "memory_check/" + std::to_string(mib) + "MiB";
+    case Kind::kWriteRoof: return "write_roof/" + std::to_string(mib) + "MiB";
     case Kind::kReference:
       std::snprintf(buf, sizeof buf, "reference/B%d_L%d_d%d_h%d", s.batch, s.length,
                     s.d_model, s.heads);
@@ -252,8 +263,8 @@ std::string BenchCase::Spec() const {
   const std::string precision = bf16 ? "bf16" : "fp32";
   switch (kind) {
     case Kind::kRoof: return "roof:" + precision;
-    case Kind::kMemoryCheck: return "memcheck:" + std::to_string(check_mib);
-    case Kind::kWriteRoof: return "writeroof:" + std::to_string(check_mib);
+    case Kind::kMemoryCheck: return "memcheck:" + std::to_string(mib);
+    case Kind::kWriteRoof: return "writeroof:" + std::to_string(mib);
     case Kind::kReference: return "reference:" + dims;
     case Kind::kAttention: break;
   }
@@ -279,9 +290,9 @@ std::optional<BenchCase> BenchCase::Parse(std::string_view spec) {
     c.kind = Kind::kRoof;
     c.bf16 = std::strcmp(precision, "bf16") == 0;
     if (!c.bf16 && std::strcmp(precision, "fp32") != 0) return std::nullopt;
-  } else if (std::sscanf(text.c_str(), "memcheck:%d", &c.check_mib) == 1) {
+  } else if (std::sscanf(text.c_str(), "memcheck:%d", &c.mib) == 1) {
     c.kind = Kind::kMemoryCheck;
-  } else if (std::sscanf(text.c_str(), "writeroof:%d", &c.check_mib) == 1) {
+  } else if (std::sscanf(text.c_str(), "writeroof:%d", &c.mib) == 1) {
     c.kind = Kind::kWriteRoof;
   } else {
     return std::nullopt;

@@ -29,14 +29,14 @@ struct BenchCase {
     kAttention,    // the oneDNN engine on `shape`, `bf16`, `per_head_weights`
     kReference,    // the reference engine on `shape`, fp32, no weights, one run
     kRoof,         // oneDNN matmul 2048³ in fp32 or bf16 (bf16 in, f32 out)
-    kMemoryCheck,  // touches `check_mib` MiB inside a PeakMemoryWindow
-    kWriteRoof,    // allocates and writes `check_mib` MiB the way returned weights are
+    kMemoryCheck,  // touches `mib` MiB inside a PeakMemoryWindow
+    kWriteRoof,    // allocates and writes `mib` MiB the way returned weights are
   };
   Kind kind = Kind::kAttention;
   Shape shape;
   bool bf16 = false;
   bool per_head_weights = false;
-  int check_mib = 0;
+  int mib = 0;
 
   // Human-readable, e.g. "B8_L512_d512_h8/bf16/per-head", "roof/fp32".
   std::string Name() const;

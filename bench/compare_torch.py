@@ -197,14 +197,11 @@ def print_breakdown(rows):
         if not b:
             continue
         B, L, d, _ = shape(r)
-        flops = {"qkv_projection": 6 * B * L * d * d, "scores": 2 * B * L * L * d,
-                 "context": 2 * B * L * L * d, "out_projection": 2 * B * L * d * d}
         cells = []
         for stage in ("qkv_projection", "scores", "normalize", "context", "weights_out",
                       "attention_idle", "out_projection"):
-            ms = b.get(stage, 0)
-            cells.append(f"{ms:.2f} ({flops[stage] / ms / 1e6:.0f})" if stage in flops and ms > 0
-                         else f"{ms:.2f}")
+            ms, gflops = b.get(stage, 0), b.get("gflops", {}).get(stage, 0)
+            cells.append(f"{ms:.2f} ({gflops:.0f})" if gflops > 0 else f"{ms:.2f}")
         other = b.get("pack", 0) + b.get("unpack", 0) + b.get("other", 0)
         print(f"| {B} | {L} | {d} | {r['heads']} | {r['precision']} | {r['weights']} | "
               f"{b.get('total', 0):.2f} | " + " | ".join(cells) + f" | {other:.2f} |")

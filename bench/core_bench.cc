@@ -143,7 +143,7 @@ json RunAll(const Options& o) {
   result["omp_wait_policy"] = wait_policy ? wait_policy : "default";
   BenchCase check;
   check.kind = BenchCase::Kind::kMemoryCheck;
-  check.check_mib = kMemoryCheckMiB;
+  check.mib = kMemoryCheckMiB;
   result["memory_check"] = RunInChild(check, o);
   std::vector<json> roofs[2], write_roofs;
   auto measure_roofs = [&] {
@@ -155,7 +155,7 @@ json RunAll(const Options& o) {
     }
     BenchCase write;
     write.kind = BenchCase::Kind::kWriteRoof;
-    write.check_mib = kWriteRoofMiB;
+    write.mib = kWriteRoofMiB;
     write_roofs.push_back(RunInChild(write, o));
   };
   measure_roofs();
@@ -213,11 +213,11 @@ void PrintRow(const json& r) {
 // matmuls, its rate.
 void PrintBreakdownRow(const json& r, double write_gbs) {
   const json& b = r["breakdown"];
-  const double B = r["batch"], L = r["length"], d = r["d_model"];
-  auto cell = [&](const char* stage, double flops) {
+  auto cell = [&](const char* stage) {
     const double ms = b.value(stage, 0.0);
-    if (flops > 0 && ms > 0) {
-      std::printf(" %.2f (%.0f) |", ms, flops / ms / 1e6);
+    const double gflops = b["gflops"].value(stage, 0.0);
+    if (gflops > 0) {
+      std::printf(" %.2f (%.0f) |", ms, gflops);
     } else {
       std::printf(" %.2f |", ms);
     }
@@ -226,16 +226,14 @@ void PrintBreakdownRow(const json& r, double write_gbs) {
               r["length"].get<int>(), r["d_model"].get<int>(), r["heads"].get<int>(),
               r["precision"].get<std::string>().c_str(), r["weights"].get<std::string>().c_str(),
               b.value("total", 0.0));
-  cell("qkv_projection", 6 * B * L * d * d);
-  cell("scores", 2 * B * L * L * d);
-  cell("normalize", 0);
-  cell("context", 2 * B * L * L * d);
-  cell("weights_out", 0);
-  cell("attention_idle", 0);
-  cell("out_projection", 2 * B * L * d * d);
+  for (const char* stage : {"qkv_projection", "scores", "normalize", "context", "weights_out",
+                            "attention_idle", "out_projection"}) {
+    cell(stage);
+  }
   std::printf(" %.2f |", b.value("pack", 0.0) + b.value("unpack", 0.0) + b.value("other", 0.0));
   if (r["weights"] == "per-head" && write_gbs > 0) {
-    const double bytes = B * r["heads"].get<double>() * L * L * sizeof(float);
+    const double L = r["length"];
+    const double bytes = r["batch"].get<double>() * r["heads"].get<double>() * L * L * sizeof(float);
     std::printf(" %.2f |\n", bytes / write_gbs / 1e6);
   } else {
     std::printf(" |\n");
