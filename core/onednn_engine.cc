@@ -11,6 +11,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "core/attention_plan.h"
+#include "core/engine_outputs.h"
 #include "core/kernels.h"
 #include "core/onednn_attention.h"
 #include "core/positional.h"
@@ -112,14 +113,9 @@ struct OneDnnEngine::Impl {
                             memory::dim out, dt src_type, dt dst_type);
   void Project(const Projection& p, const void* src, memory::dim rows, void* dst);
   void PackInput(const AttentionPlan& plan);
-  void PrefaultLargeOutputs(std::vector<SequenceOutput>& outs);
   void ComputeQkv(const AttentionPlan& plan);
-  void Unpack(std::span<const SequenceInput> batch, const AttentionPlan& plan, const float* y,
-              std::vector<SequenceOutput>& outs);
-  // Sizes `out` (output rows unless the caller gave a buffer, weights
-  // matrices); throws std::bad_alloc, leaving `out` empty.
-  void AllocateOutputs(const SequenceInput& in, SequenceOutput& out) const;
-  // Computes `batch` into `outs`, pre-sized by AllocateOutputs. Throws
+  // Computes `batch` into `outs`, pre-sized by AllocateOutputs
+  // (engine_outputs.h). Throws
   // dnnl::error or std::bad_alloc.
   void Compute(std::span<const SequenceInput> batch, std::vector<SequenceOutput>& outs);
   // Allocates every sequence's outputs (a sequence whose allocation fails
@@ -263,33 +259,6 @@ void OneDnnEngine::Impl::Project(const Projection& p, const void* src, memory::d
   stream.wait();
 }
 
-// When the batch's large weights matrices (AllocatePages' huge-page sizes)
-// total at least prefault_bytes, maps their pages before the attention writes
-// them, on all threads: one store per 4 KiB. Left to the attention tasks, each
-// page fault lands in the middle of a score matmul, and zeroing a fresh 2 MiB
-// page evicts the block of scores the task is about to normalize and multiply
-// from the core's L2. That only costs more than a separate pass once the
-// weights far exceed the last-level cache (see OneDnnEngineOptions).
-void OneDnnEngine::Impl::PrefaultLargeOutputs(std::vector<SequenceOutput>& outs) {
-  constexpr size_t kPageFloats = 4096 / sizeof(float);
-  auto large = [](const WeightsMatrix& m) {
-    return m.size() * sizeof(float) >= kHugePageThreshold;
-  };
-  size_t bytes = 0;
-  for (const SequenceOutput& o : outs) {
-    for (const WeightsMatrix& m : o.attention) bytes += large(m) ? m.size() * sizeof(float) : 0;
-  }
-  if (bytes == 0 || bytes < prefault_bytes) return;
-  for (SequenceOutput& o : outs) {
-    for (WeightsMatrix& m : o.attention) {  // each one is several MiB: one loop apiece
-      if (!large(m)) continue;
-      float* data = m.data();
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-      for (size_t i = 0; i < m.size(); i += kPageFloats) data[i] = 0.0f;
-    }
-  }
-}
-
 // Packs every sequence end to end into x_buf (x_type), adding the positional
 // encoding. Rows of every sequence are shared among the threads, so one long
 // sequence packs as fast as many short ones.
@@ -362,32 +331,13 @@ void OneDnnEngine::Impl::ComputeQkv(const AttentionPlan& plan) {
   }
 }
 
-void OneDnnEngine::Impl::AllocateOutputs(const SequenceInput& in, SequenceOutput& out) const {
-  const ModelConfig& c = model->config;
-  const size_t L = in.length;
-  try {
-    OutputRows(in, in.pooling == Pooling::kNone ? in.length : 1, c.d_model, out);
-    const size_t matrices = in.weights == WeightsMode::kPerHead ? c.num_heads
-                            : in.weights == WeightsMode::kMean  ? 1
-                                                                : 0;
-    out.attention.resize(matrices);
-    // Uninitialized (no zero-fill pass): the attention tasks write every
-    // entry exactly once, and the first touch of the pages happens on all
-    // threads (in the tasks, or for huge outputs in PrefaultLargeOutputs).
-    for (WeightsMatrix& m : out.attention) m.resize(L * L);
-  } catch (...) {
-    out = SequenceOutput();
-    throw;
-  }
-}
-
 std::vector<SequenceOutput> OneDnnEngine::Impl::RunLocked(std::span<const SequenceInput> batch) {
   std::vector<SequenceOutput> outs(batch.size());
   std::vector<size_t> live;  // sequences whose outputs could be allocated
   live.reserve(batch.size());
   for (size_t s = 0; s < batch.size(); ++s) {
     try {
-      AllocateOutputs(batch[s], outs[s]);
+      AllocateOutputs(model->config, batch[s], outs[s]);
       live.push_back(s);
     } catch (const std::bad_alloc&) {
       outs[s].status = absl::ResourceExhaustedError(absl::StrCat(
@@ -435,7 +385,7 @@ void OneDnnEngine::Impl::Compute(std::span<const SequenceInput> batch,
   ComputeQkv(plan);
   clock.Lap(profile.qkv_projection);
   // 3. Attention per (sequence, row block, head) -> context [T, d].
-  PrefaultLargeOutputs(outs);
+  PrefaultLargeOutputs(outs, prefault_bytes, num_threads);
   float* ctx = ctx_buf.ReserveAs<float>(T * d);
   clock.Lap(other);
   attention->Run(plan, qkv_buf.Reserve(0), ctx, outs);
@@ -456,42 +406,12 @@ void OneDnnEngine::Impl::Compute(std::span<const SequenceInput> batch,
     }
   }
   clock.Lap(profile.out_projection);
-  Unpack(batch, plan, y, outs);
+  // 5. Unpack (into the caller's buffers where given), pooling where asked.
+  UnpackOutputs(batch, plan, y, d, num_threads, sum_buf.ReserveAs<double>(size_t(num_threads) * d),
+                outs);
   clock.Lap(profile.unpack);
   if (profiling) ++profile.runs;
   total.Lap(profile.total);
-}
-
-// 5. Unpacks the rows of y [T, d] into each sequence's output (the caller's
-// buffer where given), pooling where asked. Memory-bound copies: spread over
-// the threads once the batch has kParallelUnpackFloats output floats.
-void OneDnnEngine::Impl::Unpack(std::span<const SequenceInput> batch, const AttentionPlan& plan,
-                                const float* y, std::vector<SequenceOutput>& outs) {
-  constexpr size_t kParallelUnpackFloats = size_t{1} << 16;  // 256 KiB
-  const size_t d = model->config.d_model;
-  double* sums = sum_buf.ReserveAs<double>(size_t(num_threads) * d);
-  auto rows_of = [](const SequenceInput& in, SequenceOutput& out) {  // sized: never allocates
-    return in.output_buffer.empty() ? std::span<float>(out.output) : in.output_buffer;
-  };
-#pragma omp parallel for num_threads(num_threads) schedule(static) \
-    if (plan.total_tokens * d >= kParallelUnpackFloats)
-  for (size_t s = 0; s < batch.size(); ++s) {
-    const SequencePlan& sp = plan.seqs[s];
-    const float* rows = y + sp.offset * d;
-    const std::span<float> dst = rows_of(batch[s], outs[s]);
-    if (batch[s].pooling == Pooling::kNone) {
-      std::copy_n(rows, size_t{sp.length} * d, dst.data());
-    } else if (batch[s].pooling == Pooling::kFirst) {
-      std::copy_n(rows, d, dst.data());
-    } else {
-      double* sum = sums + size_t(omp_get_thread_num()) * d;
-      std::fill_n(sum, d, 0.0);
-      for (uint32_t i = 0; i < sp.length; ++i) {
-        for (size_t k = 0; k < d; ++k) sum[k] += rows[i * d + k];
-      }
-      for (size_t k = 0; k < d; ++k) dst[k] = static_cast<float>(sum[k] / sp.length);
-    }
-  }
 }
 
 OneDnnEngine::OneDnnEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
