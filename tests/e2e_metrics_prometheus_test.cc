@@ -80,6 +80,13 @@ class TempDir {
   std::string path_;
 };
 
+// True when process `pid` runs `binary` (it has exec'd).
+bool Execs(pid_t pid, const std::string& binary) {
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/" + std::to_string(pid) + "/exe", ec);
+  return !ec && exe == std::filesystem::canonical(binary, ec);
+}
+
 // A /usr/bin/prometheus child scraping one target every second, listening on
 // 127.0.0.1 port 0 (the port it got is read back from /proc), with its config, TSDB and log in a temporary
 // directory. The destructor stops it (SIGTERM; SIGKILL after 5 s) and reaps it.
@@ -138,7 +145,10 @@ class PrometheusProcess {
   bool WaitReady(SteadyClock::duration timeout) {
     const auto deadline = SteadyClock::now() + timeout;
     while (SteadyClock::now() < deadline && Running()) {
-      if (port_ == 0) {  // bound to port 0: learn which port it got
+      // Bound to port 0: learn which port it got, once the child runs
+      // Prometheus (between fork and exec it still holds this process's
+      // sockets, the attnserve under test among them).
+      if (port_ == 0 && Execs(pid_, kPrometheusBinary)) {
         const std::vector<int> ports = ListeningLoopbackPorts(pid_);
         if (!ports.empty()) port_ = ports.front();
       }
