@@ -159,7 +159,9 @@ bool AttnServer::Drain() {
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   server_->Wait();
   if (health_server_ != nullptr) {  // last: probes see NOT_SERVING until the end
-    health_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
+    // Probes make short unary calls; this bounds one that is mid-flight.
+    constexpr auto kHealthShutdownGrace = std::chrono::milliseconds(100);
+    health_server_->Shutdown(std::chrono::system_clock::now() + kHealthShutdownGrace);
     health_server_->Wait();
   }
   return drain_result_;
