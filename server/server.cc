@@ -74,6 +74,7 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
                                                    &s->clock_, options.max_message_bytes);
 
   if (absl::Status tls = CheckTlsFiles(options.security); !tls.ok()) return tls;
+  s->cert_log_watcher_ = WatchCertificateForLog(options.security, &s->clock_);
   auto access = AccessControl::Create(options.security, s->metrics_.get(), &s->clock_);
   if (!access.ok()) return access.status();
 

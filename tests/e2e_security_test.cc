@@ -370,8 +370,10 @@ TEST_F(SecurityTest, BinaryUnderMtlsAndTokensLogsTheModeNotSecretsAndDrainsToExi
   const std::string token = "s3cret-token-value-42";
   WriteFile(pki_.Path("tokens"), "client-a " + Sha256Hex(token) + "\n");
   const int health_port = FreeLoopbackPort();
+  WriteFile(pki_.Path("live.pem"), pki_.Read("server.pem"));
+  WriteFile(pki_.Path("live.key"), pki_.Read("server.key"));
   auto child = ChildProcess::Start(BinaryArgs(
-      {"--tls-cert", pki_.Path("server.pem"), "--tls-key", pki_.Path("server.key"),
+      {"--tls-cert", pki_.Path("live.pem"), "--tls-key", pki_.Path("live.key"),
        "--tls-client-ca", pki_.Path("ca.pem"), "--tls-refresh-s", "1", "--auth-tokens",
        pki_.Path("tokens"), "--health-port", std::to_string(health_port)}));
   ASSERT_TRUE(child.ok()) << child.status();
@@ -389,6 +391,12 @@ TEST_F(SecurityTest, BinaryUnderMtlsAndTokensLogsTheModeNotSecretsAndDrainsToExi
   grpc::StatusCode code;
   auto probe = LoopbackChannel(health_port);
   EXPECT_EQ(Health(probe, &code), 1);
+  // A renewal is logged with the new serial.
+  ReplaceFile(pki_.Path("live.key"), pki_.Read("server2.key"));
+  ReplaceFile(pki_.Path("live.pem"), pki_.Read("server2.pem"));
+  EXPECT_TRUE(server.WaitForLine("live.pem changed: subject CN=localhost,O=attnserve test, "
+                                 "serial 1002", std::chrono::seconds(10)).has_value())
+      << server.output();
 
   server.Signal(SIGTERM);
   const auto status = server.WaitExit(std::chrono::seconds(30));
