@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "server/batcher.h"
 #include "server/model_registry.h"
+#include "server/security_options.h"
 
 namespace attnserve::server {
 
@@ -18,6 +19,8 @@ struct ServerOptions {
   std::string host = "0.0.0.0";  // address the gRPC server listens on
   int port = 50051;              // gRPC port; 0 = any free port
   int metrics_port = 9090;       // Prometheus /metrics port; 0 = off
+  // Address the /metrics endpoint listens on (--metrics-address, also
+  // accepted as --metrics-host / ATTNSERVE_METRICS_HOST).
   std::string metrics_host = "0.0.0.0";
   // Directory of model directories (NAME/config.json + weights.safetensors).
   std::string model_repository;
@@ -36,6 +39,8 @@ struct ServerOptions {
   // Makes each model's engine; empty = the oneDNN engine. Not a flag: the
   // seam through which in-process tests serve a failing or slow engine.
   EngineFactory engine_factory;
+  // TLS, mTLS, tokens, authorization policy, health port, reflection.
+  SecurityOptions security;
 };
 
 // The model repository used when --model-repository is not given: the

@@ -9,11 +9,17 @@
 #include <condition_variable>
 #include <mutex>
 #include <thread>
+#include <string>
 
 #include <grpcpp/server.h>
 
+namespace grpc {
+class CallbackGenericService;
+}
+
 #include "absl/status/statusor.h"
 #include "server/clock.h"
+#include "server/file_watcher.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
 #include "server/options.h"
@@ -32,6 +38,7 @@ class AttnServer {
 
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }
+  int health_port() const { return health_port_; }  // 0: --health-port off
   const ModelRegistry& registry() const { return *registry_; }
   Metrics& metrics() { return *metrics_; }
 
@@ -48,6 +55,9 @@ class AttnServer {
 
  private:
   AttnServer() = default;
+  absl::Status StartHealthServer();
+  // Health of `service` on the main server and the health-only server.
+  void SetServing(const std::string& service, bool serving);
   void LingerWhileRefusing(int64_t drain_start_us,
                            std::chrono::steady_clock::time_point deadline);
   // Shuts the gRPC server down on shutdown_thread_ (see the .cc); true when
@@ -62,6 +72,11 @@ class AttnServer {
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   int metrics_port_ = 0;
+  // --health-port: a plaintext server with only grpc.health.v1.Health.
+  std::unique_ptr<grpc::CallbackGenericService> health_generic_;
+  std::unique_ptr<grpc::Server> health_server_;
+  int health_port_ = 0;
+  std::unique_ptr<FileWatcher> cert_log_watcher_;  // logs certificate renewals
 
   std::mutex drain_mu_;
   bool drained_ = false;  // guarded by drain_mu_
