@@ -58,10 +58,14 @@ uint32_t BlockRows(const SequenceInput& seq, uint32_t max_rows, const PlanOption
       std::clamp<size_t>(options.block_floats / seq.length, options.min_rows, max_rows));
 }
 
+// max_rows is not halved below this many rows: smaller blocks make matmul
+// calls too small to pay for themselves (see PlanOptions::min_tasks).
+constexpr uint32_t kMinHalvedRows = 64;
+
 uint32_t ChooseMaxRows(std::span<const SequenceInput> batch, uint32_t num_heads,
                        const PlanOptions& options) {
   uint32_t max_rows = options.max_rows;
-  while (max_rows > 64) {
+  while (max_rows > kMinHalvedRows) {
     size_t tasks = 0;
     for (const SequenceInput& seq : batch) {
       const uint32_t rows = BlockRows(seq, max_rows, options);

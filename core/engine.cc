@@ -117,6 +117,15 @@ std::span<float> OutputRows(const SequenceInput& in, uint32_t rows, size_t d_mod
   return out.output;
 }
 
+uint64_t SequenceBytes(const ModelConfig& config, const SequenceInput& seq) {
+  const uint64_t L = seq.length, d = config.d_model;
+  const uint64_t rows = seq.pooling == Pooling::kNone ? L : 1;
+  const uint64_t matrices = seq.weights == WeightsMode::kPerHead ? config.num_heads
+                            : seq.weights == WeightsMode::kMean  ? 1
+                                                                 : 0;
+  return (L * d + rows * d + matrices * L * L) * sizeof(float);
+}
+
 absl::Status ValidateBatch(const ModelConfig& config, std::span<const SequenceInput> batch) {
   for (size_t s = 0; s < batch.size(); ++s) {
     absl::Status st = ValidateSequence(config, batch[s]);

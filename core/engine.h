@@ -9,13 +9,13 @@
 #include <cstdint>
 #include <memory>
 #include <span>
-#include <type_traits>
-#include <utility>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/model.h"
+#include "core/page_allocator.h"
 
 namespace attnserve::core {
 
@@ -52,49 +52,6 @@ struct SequenceInput {
   bool values_checked = false;
 };
 
-// An allocator whose value-initialization (vector::resize, the size
-// constructor) leaves trivial elements uninitialized, so a large buffer that
-// is about to be overwritten is not first zero-filled (a whole pass over its
-// memory).
-// Memory for large outputs: at or above kHugePageThreshold bytes it is mapped
-// directly, aligned to 2 MiB and advised for transparent huge pages (one page
-// fault per 2 MiB instead of 512, which is most of the cost of returning
-// hundreds of MiB of weights); smaller sizes come from operator new.
-inline constexpr size_t kHugePageThreshold = size_t{4} << 20;
-void* AllocatePages(size_t bytes, size_t align);
-void FreePages(void* p, size_t bytes, size_t align) noexcept;
-
-template <typename T>
-struct DefaultInitAllocator : std::allocator<T> {
-  using value_type = T;
-  template <typename U>
-  struct rebind {
-    using other = DefaultInitAllocator<U>;
-  };
-  DefaultInitAllocator() noexcept = default;
-  template <typename U>
-  DefaultInitAllocator(const DefaultInitAllocator<U>&) noexcept {}
-
-  T* allocate(size_t n) {
-    return static_cast<T*>(AllocatePages(n * sizeof(T), alignof(T)));
-  }
-  void deallocate(T* p, size_t n) noexcept { FreePages(p, n * sizeof(T), alignof(T)); }
-
-  template <typename U>
-  void construct(U* p) noexcept(std::is_nothrow_default_constructible_v<U>) {
-    ::new (static_cast<void*>(p)) U;  // default-, not value-initialized
-  }
-  template <typename U, typename... Args>
-  void construct(U* p, Args&&... args) {
-    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-  }
-};
-
-template <typename T, typename U>
-bool operator==(const DefaultInitAllocator<T>&, const DefaultInitAllocator<U>&) noexcept {
-  return true;
-}
-
 // One L x L matrix of attention weights, row-major.
 using WeightsMatrix = std::vector<float, DefaultInitAllocator<float>>;
 
@@ -105,6 +62,10 @@ struct SequenceOutput {
   // L x L row-major, row i = the normalized weights of query i. A row whose
   // mask allows no key is all zeros (and its context vector is zero).
   std::vector<WeightsMatrix> attention;
+  // OK, or this sequence's own failure while the rest of its batch was
+  // computed: RESOURCE_EXHAUSTED when its output or attention weights could
+  // not be allocated. The other fields are then empty.
+  absl::Status status;
 };
 
 // Checks one sequence against a model before it is computed: data size ==
@@ -120,6 +81,11 @@ absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& se
 std::span<float> OutputRows(const SequenceInput& in, uint32_t rows, size_t d_model,
                             SequenceOutput& out);
 
+// The bytes a sequence occupies from admission to reply, for memory budgets:
+// its input, its output (rows x d_model) and the attention weights its mode
+// asks for (num_heads, or 1 for the mean, L x L matrices), all floats.
+uint64_t SequenceBytes(const ModelConfig& config, const SequenceInput& seq);
+
 // ValidateSequence for each sequence; the first failure's code, its message
 // prefixed with "sequence N: ".
 absl::Status ValidateBatch(const ModelConfig& config, std::span<const SequenceInput> batch);
@@ -133,9 +99,18 @@ class Engine {
   // Computes every sequence of `batch`; on success returns one output per
   // input, in order. Every sequence is validated first (ValidateBatch); an
   // invalid one fails the whole call with its error and computes nothing.
-  // Internal failures are INTERNAL. Never throws.
+  // What fails together: memory one sequence alone needs (its weights, its
+  // output) failing to allocate fails that sequence only (its
+  // SequenceOutput::status is RESOURCE_EXHAUSTED, the others are computed);
+  // memory the batch shares (packed Q/K/V, scratch) fails the whole call with
+  // RESOURCE_EXHAUSTED, a oneDNN error with INTERNAL. Never throws, and a
+  // failed call leaves the engine ready for the next one.
   virtual absl::StatusOr<std::vector<SequenceOutput>> Run(
       std::span<const SequenceInput> batch) = 0;
+
+  // How the engine computes, for startup logs (e.g. "bf16 (avx512_core_bf16;
+  // projections and attention)").
+  virtual std::string compute_path() const { return "unspecified"; }
 };
 
 // The reference engine: plain loops with double accumulation, written to be

@@ -1,5 +1,5 @@
 // ModelConfig: the hyper-parameters of one attention model, parsed from the
-// model's config.json (format in DESIGN.md, "Models"). A plain value type:
+// model's config.json (format in docs/DESIGN.md, "Models"). A plain value type:
 // immutable after parsing, safe to share between threads.
 #ifndef ATTNSERVE_CORE_MODEL_CONFIG_H_
 #define ATTNSERVE_CORE_MODEL_CONFIG_H_

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
-#include <stdexcept>
+#include <exception>
 
 #include "absl/strings/str_cat.h"
 #include "core/kernels.h"
@@ -17,9 +17,6 @@ using dnnl::memory;
 using dt = memory::data_type;
 constexpr memory::dim kRuntime = DNNL_RUNTIME_DIM_VAL;
 
-memory::desc RowMajor(memory::dim rows, memory::dim cols, memory::dim ld, dt type) {
-  return memory::desc({rows, cols}, type, {ld, 1});
-}
 // The transpose view of a row-major rows x cols matrix: cols x rows.
 memory::desc Transposed(memory::dim rows, memory::dim cols, memory::dim ld, dt type) {
   return memory::desc({cols, rows}, type, {1, ld});
@@ -123,8 +120,11 @@ void OneDnnAttention::Run(const AttentionPlan& plan, const void* qkv, float* con
     if (bf16_) ts.probs.ReserveAs<uint16_t>(plan.max_tile_floats);
     ts.stats.ReserveAs<float>(3 * size_t{plan.max_rows});
   }
+  // No exception may leave an OpenMP region (that is std::terminate): the
+  // first one is kept (copying an exception_ptr does not throw) and rethrown,
+  // with its type, once every thread is out.
   std::atomic<bool> failed{false};
-  std::string error;
+  std::exception_ptr error;
   // oneDNN primitives called inside this region run on the calling thread
   // (OpenMP nesting is off), so the two levels of parallelism do not fight.
 #pragma omp parallel for num_threads(num_threads_) schedule(dynamic, 1)
@@ -132,12 +132,12 @@ void OneDnnAttention::Run(const AttentionPlan& plan, const void* qkv, float* con
     if (failed.load(std::memory_order_relaxed)) continue;
     try {
       RunTask(plan, plan.tasks[n], qkv, context, outs, threads_[omp_get_thread_num()]);
-    } catch (const std::exception& e) {  // dnnl::error, std::bad_alloc
+    } catch (...) {  // dnnl::error, std::bad_alloc
 #pragma omp critical(attn_error)
-      if (!failed.exchange(true)) error = e.what();
+      if (!failed.exchange(true)) error = std::current_exception();
     }
   }
-  if (failed) throw std::runtime_error(error);
+  if (error) std::rethrow_exception(error);
 }
 
 void OneDnnAttention::RunTask(const AttentionPlan& plan, const AttentionTask& task,

@@ -23,6 +23,12 @@
 
 namespace attnserve::core {
 
+// A matrix in caller memory: rows x cols with row stride `ld` (elements).
+inline dnnl::memory::desc RowMajor(dnnl::memory::dim rows, dnnl::memory::dim cols,
+                                   dnnl::memory::dim ld, dnnl::memory::data_type type) {
+  return dnnl::memory::desc({rows, cols}, type, {ld, 1});
+}
+
 class OneDnnAttention {
  public:
   // `bf16`: Q, K, V and the normalized weights enter the matmuls as bf16

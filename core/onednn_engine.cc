@@ -11,6 +11,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "core/attention_plan.h"
+#include "core/engine_outputs.h"
 #include "core/kernels.h"
 #include "core/onednn_attention.h"
 #include "core/positional.h"
@@ -27,12 +28,6 @@ constexpr memory::dim kRuntime = DNNL_RUNTIME_DIM_VAL;
 // Scratch buffers up to this size are kept for the next batch; larger ones
 // (a rare huge batch) are freed after it so they do not pin memory.
 constexpr size_t kRetainedScratchBytes = size_t{128} << 20;
-
-// A matrix in caller memory: rows x cols with row stride `ld` (elements).
-memory::desc RowMajor(memory::dim rows, memory::dim cols, memory::dim ld,
-                      dt type = dt::f32) {
-  return memory::desc({rows, cols}, type, {ld, 1});
-}
 
 size_t Bytes(dt type) { return type == dt::bf16 ? 2 : 4; }
 
@@ -104,6 +99,11 @@ struct OneDnnEngine::Impl {
   ScratchBuffer x_buf;
   ScratchBuffer qkv_buf;  // [T, 3d], qkv_type
   ScratchBuffer ctx_buf;  // [T, d] f32
+  // Per-thread rows for the parallel regions (nothing is allocated inside
+  // one: an exception there would be std::terminate): num_threads x d floats
+  // (positions added, a rotated bf16 head), num_threads x d doubles (pooling).
+  ScratchBuffer row_buf;
+  ScratchBuffer sum_buf;
   EngineProfile profile;  // the engine's stages; the attention's own in `attention`
 
   absl::Status Init(const OneDnnEngineOptions& options);
@@ -113,10 +113,14 @@ struct OneDnnEngine::Impl {
                             memory::dim out, dt src_type, dt dst_type);
   void Project(const Projection& p, const void* src, memory::dim rows, void* dst);
   void PackInput(const AttentionPlan& plan);
-  void PrefaultLargeOutputs(std::vector<SequenceOutput>& outs);
   void ComputeQkv(const AttentionPlan& plan);
-  absl::StatusOr<std::vector<SequenceOutput>> RunLocked(
-      std::span<const SequenceInput> batch);
+  // Computes `batch` into `outs`, pre-sized by AllocateOutputs
+  // (engine_outputs.h). Throws
+  // dnnl::error or std::bad_alloc.
+  void Compute(std::span<const SequenceInput> batch, std::vector<SequenceOutput>& outs);
+  // Allocates every sequence's outputs (a sequence whose allocation fails
+  // gets RESOURCE_EXHAUSTED alone) and computes the others. Throws as Compute.
+  std::vector<SequenceOutput> RunLocked(std::span<const SequenceInput> batch);
 };
 
 Projection OneDnnEngine::Impl::MakeProjection(const std::vector<float>& weights_ab,
@@ -255,49 +259,23 @@ void OneDnnEngine::Impl::Project(const Projection& p, const void* src, memory::d
   stream.wait();
 }
 
-// When the batch's large weights matrices (AllocatePages' huge-page sizes)
-// total at least prefault_bytes, maps their pages before the attention writes
-// them, on all threads: one store per 4 KiB. Left to the attention tasks, each
-// page fault lands in the middle of a score matmul, and zeroing a fresh 2 MiB
-// page evicts the block of scores the task is about to normalize and multiply
-// from the core's L2. That only costs more than a separate pass once the
-// weights far exceed the last-level cache (see OneDnnEngineOptions).
-void OneDnnEngine::Impl::PrefaultLargeOutputs(std::vector<SequenceOutput>& outs) {
-  constexpr size_t kPageFloats = 4096 / sizeof(float);
-  auto large = [](const WeightsMatrix& m) {
-    return m.size() * sizeof(float) >= kHugePageThreshold;
-  };
-  size_t bytes = 0;
-  for (const SequenceOutput& o : outs) {
-    for (const WeightsMatrix& m : o.attention) bytes += large(m) ? m.size() * sizeof(float) : 0;
-  }
-  if (bytes == 0 || bytes < prefault_bytes) return;
-  for (SequenceOutput& o : outs) {
-    for (WeightsMatrix& m : o.attention) {  // each one is several MiB: one loop apiece
-      if (!large(m)) continue;
-      float* data = m.data();
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-      for (size_t i = 0; i < m.size(); i += kPageFloats) data[i] = 0.0f;
-    }
-  }
-}
-
 // Packs every sequence end to end into x_buf (x_type), adding the positional
 // encoding. Rows of every sequence are shared among the threads, so one long
 // sequence packs as fast as many short ones.
 void OneDnnEngine::Impl::PackInput(const AttentionPlan& plan) {
   const size_t d = model->config.d_model;
   void* x = x_buf.Reserve(plan.total_tokens * d * Bytes(x_type));
+  float* rows = row_buf.ReserveAs<float>(size_t(num_threads) * d);
 #pragma omp parallel num_threads(num_threads)
   {
-    std::vector<float> row(positions.empty() && x_type == dt::f32 ? 0 : d);
+    float* row = rows + size_t(omp_get_thread_num()) * d;
     for (const SequencePlan& sp : plan.seqs) {
 #pragma omp for schedule(static) nowait
       for (uint32_t p = 0; p < sp.length; ++p) {
         const float* src = sp.input->data.data() + size_t{p} * d;
         if (!positions.empty()) {
           for (size_t k = 0; k < d; ++k) row[k] = src[k] + positions[p * d + k];
-          src = row.data();
+          src = row;
         }
         const size_t at = (sp.offset + p) * d;
         if (x_type == dt::bf16) {
@@ -329,9 +307,10 @@ void OneDnnEngine::Impl::ComputeQkv(const AttentionPlan& plan) {
   }
   if (!rotary) return;
   const uint32_t dh = c.d_head();
+  float* heads = row_buf.ReserveAs<float>(size_t(num_threads) * d);  // d >= dh per thread
 #pragma omp parallel num_threads(num_threads)
   {
-    std::vector<float> head(dh);
+    float* head = heads + size_t(omp_get_thread_num()) * d;
     for (const SequencePlan& sp : plan.seqs) {
 #pragma omp for schedule(static) nowait
       for (uint32_t p = 0; p < sp.length; ++p) {
@@ -342,9 +321,9 @@ void OneDnnEngine::Impl::ComputeQkv(const AttentionPlan& plan) {
             rotary->Apply(reinterpret_cast<float*>(qkv) + at, p);
           } else {  // rotate in f32, round once
             uint16_t* v = reinterpret_cast<uint16_t*>(qkv) + at;
-            kernels::FromBf16(v, head.data(), dh);
-            rotary->Apply(head.data(), p);
-            kernels::ToBf16(head.data(), v, dh);
+            kernels::FromBf16(v, head, dh);
+            rotary->Apply(head, p);
+            kernels::ToBf16(head, v, dh);
           }
         }
       }
@@ -352,8 +331,39 @@ void OneDnnEngine::Impl::ComputeQkv(const AttentionPlan& plan) {
   }
 }
 
-absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
-    std::span<const SequenceInput> batch) {
+std::vector<SequenceOutput> OneDnnEngine::Impl::RunLocked(std::span<const SequenceInput> batch) {
+  std::vector<SequenceOutput> outs(batch.size());
+  std::vector<size_t> live;  // sequences whose outputs could be allocated
+  live.reserve(batch.size());
+  for (size_t s = 0; s < batch.size(); ++s) {
+    try {
+      AllocateOutputs(model->config, batch[s], outs[s]);
+      live.push_back(s);
+    } catch (const std::bad_alloc&) {
+      outs[s].status = absl::ResourceExhaustedError(absl::StrCat(
+          "out of memory for this sequence's outputs (", SequenceBytes(model->config, batch[s]),
+          " bytes with its input; L = ", batch[s].length, "); the rest of its batch was computed"));
+    }
+  }
+  if (live.size() == batch.size()) {
+    Compute(batch, outs);
+  } else if (!live.empty()) {  // the others, as a batch of their own
+    std::vector<SequenceInput> inputs;
+    std::vector<SequenceOutput> live_outs;
+    inputs.reserve(live.size());
+    live_outs.reserve(live.size());
+    for (size_t s : live) {
+      inputs.push_back(batch[s]);
+      live_outs.push_back(std::move(outs[s]));
+    }
+    Compute(inputs, live_outs);
+    for (size_t i = 0; i < live.size(); ++i) outs[live[i]] = std::move(live_outs[i]);
+  }
+  return outs;
+}
+
+void OneDnnEngine::Impl::Compute(std::span<const SequenceInput> batch,
+                                 std::vector<SequenceOutput>& outs) {
   const ModelConfig& c = model->config;
   const size_t d = c.d_model;
   // oneDNN sizes its own parallel regions from the calling thread's OpenMP
@@ -365,7 +375,7 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
     attention->TrimScratch(kRetainedScratchBytes);
   };
   StageClock total(profiling), clock(profiling);
-  double other = 0;  // planning, output allocation: total minus the stages
+  double other = 0;  // planning: total minus the stages
   const AttentionPlan plan = MakeAttentionPlan(batch, c.num_heads, plan_options);
   const size_t T = plan.total_tokens;
   // 1-2. Pack the input, project to Q, K, V.
@@ -375,20 +385,7 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
   ComputeQkv(plan);
   clock.Lap(profile.qkv_projection);
   // 3. Attention per (sequence, row block, head) -> context [T, d].
-  // Weights matrices are allocated uninitialized (no zero-fill pass): the
-  // attention tasks write every entry exactly once, and the first touch of
-  // the pages happens on all threads (in the tasks, or for huge outputs in
-  // PrefaultLargeOutputs).
-  std::vector<SequenceOutput> outs(batch.size());
-  for (size_t s = 0; s < batch.size(); ++s) {
-    const size_t L = batch[s].length;
-    const size_t matrices = batch[s].weights == WeightsMode::kPerHead ? c.num_heads
-                            : batch[s].weights == WeightsMode::kMean  ? 1
-                                                                      : 0;
-    outs[s].attention.resize(matrices);
-    for (WeightsMatrix& m : outs[s].attention) m.resize(L * L);
-  }
-  PrefaultLargeOutputs(outs);
+  PrefaultLargeOutputs(outs, prefault_bytes, num_threads);
   float* ctx = ctx_buf.ReserveAs<float>(T * d);
   clock.Lap(other);
   attention->Run(plan, qkv_buf.Reserve(0), ctx, outs);
@@ -410,28 +407,11 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Impl::RunLocked(
   }
   clock.Lap(profile.out_projection);
   // 5. Unpack (into the caller's buffers where given), pooling where asked.
-  //    Memory-bound copies: spread over the threads for large batches.
-#pragma omp parallel for num_threads(num_threads) schedule(static) if (T * d >= (1u << 16))
-  for (size_t s = 0; s < batch.size(); ++s) {
-    const SequencePlan& sp = plan.seqs[s];
-    const float* rows = y + sp.offset * d;
-    if (batch[s].pooling == Pooling::kNone) {
-      std::copy_n(rows, size_t{sp.length} * d, OutputRows(batch[s], sp.length, d, outs[s]).data());
-    } else if (batch[s].pooling == Pooling::kFirst) {
-      std::copy_n(rows, d, OutputRows(batch[s], 1, d, outs[s]).data());
-    } else {
-      std::vector<double> sum(d, 0.0);
-      for (uint32_t i = 0; i < sp.length; ++i) {
-        for (size_t k = 0; k < d; ++k) sum[k] += rows[i * d + k];
-      }
-      const std::span<float> dst = OutputRows(batch[s], 1, d, outs[s]);
-      for (size_t k = 0; k < d; ++k) dst[k] = static_cast<float>(sum[k] / sp.length);
-    }
-  }
+  UnpackOutputs(batch, plan, y, d, num_threads, sum_buf.ReserveAs<double>(size_t(num_threads) * d),
+                outs);
   clock.Lap(profile.unpack);
   if (profiling) ++profile.runs;
   total.Lap(profile.total);
-  return outs;
 }
 
 OneDnnEngine::OneDnnEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -467,9 +447,17 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Run(
     std::span<const SequenceInput> batch) {
   if (absl::Status st = ValidateBatch(impl_->model->config, batch); !st.ok()) return st;
   std::lock_guard<std::mutex> lock(impl_->mu);
-  // The one place exceptions from oneDNN or allocation are turned into status.
+  // The one place exceptions from oneDNN or allocation are turned into
+  // status. The engine stays usable: scratch buffers are either whole or
+  // empty, and every batch re-plans and rewrites all it reads.
   try {
     return impl_->RunLocked(batch);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "attention engine: out of memory for the batch's intermediates (",
+        batch.size(), " sequences)"));
+  } catch (const dnnl::error& e) {
+    return absl::InternalError(absl::StrCat("attention engine: oneDNN error: ", e.what()));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("attention engine failed: ", e.what()));
   }
@@ -477,7 +465,7 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Run(
 
 uint64_t OneDnnEngine::primitives_created() const { return impl_->primitives_created; }
 
-const std::string& OneDnnEngine::compute_path() const { return impl_->compute_path; }
+std::string OneDnnEngine::compute_path() const { return impl_->compute_path; }
 
 EngineProfile OneDnnEngine::TakeProfile() {
   std::lock_guard<std::mutex> lock(impl_->mu);

@@ -73,7 +73,7 @@ class OneDnnEngine : public Engine {
   // Which precision this engine computes in and why, for startup logs: e.g.
   // "bf16 (avx512_core_bf16; projections and attention)" or
   // "fp32 (bf16 requested; avx2 has no native bf16)".
-  const std::string& compute_path() const;
+  std::string compute_path() const override;
 
   // Where the time of the Run calls since the last TakeProfile went (all
   // zero, runs included, unless created with options.profile); starts

@@ -1,4 +1,4 @@
-// Positional encodings of DESIGN.md as precomputed tables: sinusoidal (added
+// Positional encodings of docs/DESIGN.md as precomputed tables: sinusoidal (added
 // to the input) and rotary (applied to q and k per head). Tables are plain
 // values, immutable after construction and safe to share between threads.
 #ifndef ATTNSERVE_CORE_POSITIONAL_H_

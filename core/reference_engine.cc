@@ -1,4 +1,4 @@
-// The reference engine: each formula of DESIGN.md written out as plain loops
+// The reference engine: each formula of docs/DESIGN.md written out as plain loops
 // in double precision, sequence by sequence, head by head. It shares no math
 // with the oneDNN engine (positions, masks and normalization are recomputed
 // here from their definitions), so agreement between the two means something.

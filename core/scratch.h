@@ -15,10 +15,14 @@ class ScratchBuffer {
   // Returns at least `bytes` bytes, reusing the current allocation when it is
   // large enough. Contents are unspecified (not zeroed: a fresh buffer is
   // written before it is read, and zeroing would touch every page twice).
-  // Invalidates pointers returned earlier when it grows.
+  // Invalidates pointers returned earlier when it grows. Throws
+  // std::bad_alloc when it cannot grow; the buffer is then empty (capacity
+  // 0, no allocation), never a stale capacity over a freed pointer.
   void* Reserve(size_t bytes) {
     if (bytes > capacity_) {
-      data_.reset();  // free first: never hold the old and the new at once
+      // Free first: never hold the old and the new at once.
+      data_.reset();
+      capacity_ = 0;
       data_.reset(new (std::align_val_t{kAlign}) std::byte[bytes]);
       capacity_ = bytes;
     }

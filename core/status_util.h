@@ -1,9 +1,11 @@
 // Message building for core's errors. Internal to core/; header-only pure
 // functions, safe from any thread.
 //
-// Why not absl::StrCat: Debian's Abseil is built with its own
-// absl::string_view, which std::string_view does not convert to, while core's
-// headers use std::string_view. A stream takes both.
+// core uses absl::StrCat for messages of strings and numbers. Cat is for
+// messages with a std::string_view argument (core's headers use them):
+// Debian's Abseil is built with its own absl::string_view, which
+// std::string_view does not convert to, so StrCat does not take one; a
+// stream takes both.
 #ifndef ATTNSERVE_CORE_STATUS_UTIL_H_
 #define ATTNSERVE_CORE_STATUS_UTIL_H_
 

@@ -32,6 +32,10 @@ absl::Status ValidateOptions(const BatcherOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_queue_size must be positive; was ", options.max_queue_size));
   }
+  if (options.max_queue_bytes < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_queue_bytes must be positive; was ", options.max_queue_bytes));
+  }
   if (options.max_queue_delay_us < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_queue_delay_us must be >= 0; was ", options.max_queue_delay_us));
@@ -52,22 +56,41 @@ void Finish(BatchTask& task, absl::StatusOr<core::SequenceOutput> result, const 
 
 absl::StatusOr<std::unique_ptr<Batcher>> Batcher::Create(const BatcherOptions& options,
                                                          BatchFunction run, Clock* clock,
-                                                         BatcherHooks hooks) {
+                                                         BatcherHooks hooks,
+                                                         TaskBytesFunction task_bytes) {
   if (absl::Status status = ValidateOptions(options); !status.ok()) return status;
   if (!run) return absl::InvalidArgumentError("run must be set; was empty");
   if (clock == nullptr) return absl::InvalidArgumentError("clock must be set; was null");
-  std::unique_ptr<Batcher> batcher(new Batcher(options, std::move(run), clock, std::move(hooks)));
+  if (!task_bytes) {
+    task_bytes = [](const core::SequenceInput& input) {
+      return uint64_t{input.data.size()} * sizeof(float);
+    };
+  }
+  std::unique_ptr<Batcher> batcher(
+      new Batcher(options, std::move(run), clock, std::move(hooks), std::move(task_bytes)));
   batcher->thread_ = std::thread(&Batcher::Loop, batcher.get());
   return batcher;
 }
 
-Batcher::Batcher(const BatcherOptions& options, BatchFunction run, Clock* clock, BatcherHooks hooks)
-    : options_(options), run_(std::move(run)), clock_(clock), hooks_(std::move(hooks)) {}
+Batcher::Batcher(const BatcherOptions& options, BatchFunction run, Clock* clock, BatcherHooks hooks,
+                 TaskBytesFunction task_bytes)
+    : options_(options),
+      run_(std::move(run)),
+      clock_(clock),
+      hooks_(std::move(hooks)),
+      task_bytes_(std::move(task_bytes)) {}
 
 Batcher::~Batcher() { Drain(); }
 
 absl::Status Batcher::Submit(BatchTask task) {
   if (!task.done) return absl::InvalidArgumentError("task.done must be set; was empty");
+  const uint64_t bytes = task_bytes_(task.input);
+  if (bytes > options_.max_queue_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request needs ", bytes, " bytes (input, output and attention weights), more than the "
+        "whole queue memory budget (max_queue_bytes ", options_.max_queue_bytes,
+        "); send a shorter sequence or ask for fewer weights"));
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (draining_) return absl::UnavailableError("server is draining");
@@ -76,16 +99,23 @@ absl::Status Batcher::Submit(BatchTask task) {
                                                        " requests waiting (max_queue_size ",
                                                        options_.max_queue_size, ")"));
     }
+    if (held_bytes_ + bytes > options_.max_queue_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "queue memory budget full: requests waiting or running hold ", held_bytes_,
+          " bytes and this one needs ", bytes, " (max_queue_bytes ", options_.max_queue_bytes,
+          ")"));
+    }
     queued_tokens_ += task.input.length;
+    held_bytes_ += bytes;
     // The clock is read under mu_ so enqueued_us never decreases along the
     // queue: the head is always the oldest request.
-    queue_.push_back(Queued{std::move(task), clock_->NowMicros()});
+    queue_.push_back(Queued{std::move(task), clock_->NowMicros(), bytes});
   }
   cv_.notify_all();
   return absl::OkStatus();
 }
 
-void Batcher::BeginDrain() {
+void Batcher::StartDraining() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     draining_ = true;
@@ -94,15 +124,40 @@ void Batcher::BeginDrain() {
 }
 
 void Batcher::Drain() {
-  BeginDrain();
+  StartDraining();
   std::call_once(join_once_, [this] {
     if (thread_.joinable()) thread_.join();
   });
 }
 
+bool Batcher::WaitDrained(int64_t deadline_us) {
+  StartDraining();
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!loop_ended_ && clock_->NowMicros() < deadline_us) {
+      clock_->WaitUntil(cv_, lock, deadline_us);
+    }
+    if (!loop_ended_) return false;
+  }
+  Drain();  // the thread has returned: joins at once
+  return true;
+}
+
 size_t Batcher::queue_depth() const {
   std::lock_guard<std::mutex> lock(mu_);
   return queue_.size();
+}
+
+uint64_t Batcher::held_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return held_bytes_;
+}
+
+void Batcher::Answer(Queued& queued, absl::StatusOr<core::SequenceOutput> result,
+                     const BatchStats& stats) {
+  Finish(queued.task, std::move(result), stats);
+  std::lock_guard<std::mutex> lock(mu_);
+  held_bytes_ -= queued.bytes;
 }
 
 // The batch thread. Each pass decides under mu_ and acts without it.
@@ -126,6 +181,8 @@ void Batcher::Loop() {
       lock.lock();
     } else if (draining_ && queue_.empty()) {
       // Everything accepted has been answered and nothing more can come.
+      loop_ended_ = true;
+      cv_.notify_all();  // WaitDrained
       return;
     } else {
       // Until Submit, Drain, or the oldest request's delay runs out.
@@ -175,12 +232,12 @@ std::vector<Batcher::Queued> Batcher::DropUnwanted(std::vector<Queued> batch, in
     BatchStats stats;
     stats.queue_us = Elapsed(queued.enqueued_us, start_us);
     if (queued.task.deadline_us <= start_us) {
-      Finish(queued.task,
+      Answer(queued,
              absl::DeadlineExceededError(absl::StrCat("deadline passed while queued (waited ",
                                                       stats.queue_us, " us); not computed")),
              stats);
     } else if (queued.task.cancelled && queued.task.cancelled()) {
-      Finish(queued.task,
+      Answer(queued,
              absl::CancelledError(absl::StrCat("request cancelled while queued (waited ",
                                                stats.queue_us, " us); not computed")),
              stats);
@@ -218,10 +275,12 @@ void Batcher::RunBatch(std::vector<Queued> batch, int64_t start_us) {
   }
   for (size_t i = 0; i < live.size(); ++i) {
     stats.queue_us = Elapsed(live[i].enqueued_us, start_us);
-    if (outputs.ok()) {
-      Finish(live[i].task, std::move((*outputs)[i]), stats);
+    if (!outputs.ok()) {
+      Answer(live[i], outputs.status(), stats);
+    } else if (!(*outputs)[i].status.ok()) {  // this sequence alone failed
+      Answer(live[i], (*outputs)[i].status, stats);
     } else {
-      Finish(live[i].task, outputs.status(), stats);
+      Answer(live[i], std::move((*outputs)[i]), stats);
     }
   }
 }

@@ -7,8 +7,15 @@
 // Contract:
 // - Submit never blocks on computation. It returns OK (the task is accepted
 //   and its `done` will be called exactly once, from the batch thread),
-//   RESOURCE_EXHAUSTED (queue full) or UNAVAILABLE (draining); on an error
-//   `done` is never called and the caller still owns the reply.
+//   RESOURCE_EXHAUSTED (queue full, or the memory budget below full) or
+//   UNAVAILABLE (draining); on an error `done` is never called and the
+//   caller still owns the reply.
+// - Memory bound: every task is charged task_bytes(input) (the service's
+//   function: input, reply output and the attention weights it asks for)
+//   from Submit until its `done` returns; the charges of all tasks never
+//   exceed max_queue_bytes. A task that alone is larger than max_queue_bytes
+//   is refused (RESOURCE_EXHAUSTED naming the limit) even when the queue is
+//   empty: admitting it would break the bound the operator set.
 // - Latency bound: with an idle engine, a request waits at most
 //   max_queue_delay_us before its batch starts.
 // - A request whose deadline passes while queued gets DEADLINE_EXCEEDED and is
@@ -52,7 +59,14 @@ struct BatcherOptions {
   // Most requests waiting (not yet in a batch). Must be >= 1. Beyond it,
   // Submit fails with RESOURCE_EXHAUSTED.
   uint32_t max_queue_size = 1024;
+  // Most bytes held by the tasks accepted and not yet answered (queued or in
+  // the running batch), as charged by the task_bytes function. Must be >= 1.
+  // Beyond it, Submit fails with RESOURCE_EXHAUSTED.
+  uint64_t max_queue_bytes = uint64_t{1} << 30;
 };
+
+// The bytes one task holds while accepted; see Batcher::Create.
+using TaskBytesFunction = std::function<uint64_t(const core::SequenceInput&)>;
 
 // What a request's batch looked like; sent back to the client as Stats.
 struct BatchStats {
@@ -70,7 +84,8 @@ struct BatchTask {
   // Optional; true once the caller no longer wants the reply.
   std::function<bool()> cancelled;
   // Called exactly once, from the batch thread, with the output or an error
-  // (DEADLINE_EXCEEDED, CANCELLED, or the engine's error).
+  // (DEADLINE_EXCEEDED, CANCELLED, the engine's error for the whole batch,
+  // or this sequence's own SequenceOutput::status).
   std::function<void(absl::StatusOr<core::SequenceOutput>, const BatchStats&)> done;
 };
 
@@ -90,10 +105,12 @@ struct BatcherHooks {
 class Batcher {
  public:
   // Validates `options` (INVALID_ARGUMENT naming the field and its value) and
-  // starts the batch thread. `clock` must outlive the batcher.
+  // starts the batch thread. `clock` must outlive the batcher. `task_bytes`
+  // charges each task against max_queue_bytes; empty = the input's bytes.
   static absl::StatusOr<std::unique_ptr<Batcher>> Create(const BatcherOptions& options,
                                                          BatchFunction run, Clock* clock,
-                                                         BatcherHooks hooks = {});
+                                                         BatcherHooks hooks = {},
+                                                         TaskBytesFunction task_bytes = {});
   ~Batcher();  // Drain()s.
 
   Batcher(const Batcher&) = delete;
@@ -103,22 +120,36 @@ class Batcher {
 
   // Stops accepting and dispatches everything queued without waiting for the
   // delay. Does not block; accepted tasks are still answered.
-  void BeginDrain();
+  void StartDraining();
 
-  // BeginDrain, then blocks until every accepted task has been answered and
+  // StartDraining, then blocks until every accepted task has been answered and
   // joins the batch thread. Idempotent.
   void Drain();
 
+  // StartDraining, then waits until everything accepted has been answered and
+  // the batch thread has ended (then joins it: true), or until clock time
+  // `deadline_us` (false; a batch is still running, e.g. a stuck engine, and
+  // the destructor joins the thread).
+  bool WaitDrained(int64_t deadline_us);
+
   size_t queue_depth() const;
+
+  // Bytes charged to the tasks accepted and not yet answered.
+  uint64_t held_bytes() const;
 
   // ---- Implementation details below. ----
  private:
   struct Queued {
     BatchTask task;
     int64_t enqueued_us;
+    uint64_t bytes;  // charged against max_queue_bytes until `done` returns
   };
 
-  Batcher(const BatcherOptions& options, BatchFunction run, Clock* clock, BatcherHooks hooks);
+  Batcher(const BatcherOptions& options, BatchFunction run, Clock* clock, BatcherHooks hooks,
+          TaskBytesFunction task_bytes);
+  // Calls the task's `done` and then returns its bytes to the budget.
+  void Answer(Queued& queued, absl::StatusOr<core::SequenceOutput> result,
+              const BatchStats& stats);
   void Loop();
   // REQUIRES: mu_ held. True when the queue holds a full batch, or the oldest
   // request has waited long enough, or the batcher is draining.
@@ -145,12 +176,15 @@ class Batcher {
   const BatchFunction run_;
   Clock* const clock_;
   const BatcherHooks hooks_;
+  const TaskBytesFunction task_bytes_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;  // queue changed or draining
   std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t queued_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t held_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool loop_ended_ ABSL_GUARDED_BY(mu_) = false;  // the batch thread has returned
 
   // Batch thread only: the depth last given to hooks_.on_queue_depth. Depth is
   // reported from the batch thread alone so a gauge never goes back to a stale

@@ -110,12 +110,19 @@ absl::Status SetUpLogging(const std::string& format, const std::string& level) {
   return absl::OkStatus();
 }
 
+RateLimiter::RateLimiter(uint32_t per_second, const Clock* clock)
+    : per_second_(per_second), clock_(clock != nullptr ? clock : &DefaultClock()) {}
+
+const Clock& RateLimiter::DefaultClock() {
+  static const RealClock* const kClock = new RealClock();  // never destroyed
+  return *kClock;
+}
+
 bool RateLimiter::Allow(uint64_t* suppressed) {
-  // Windows are the whole seconds of the steady clock: immune to wall-clock
+  // Windows are the whole seconds of a monotonic clock: immune to wall-clock
   // jumps, and a burst can never exceed 2 * per_second_ in any second.
-  const int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(
-                            std::chrono::steady_clock::now().time_since_epoch())
-                            .count();
+  constexpr int64_t kMicrosPerSecond = 1'000'000;
+  const int64_t now_s = clock_->NowMicros() / kMicrosPerSecond;
   std::lock_guard<std::mutex> lock(mu_);
   if (now_s != window_start_s_) {
     window_start_s_ = now_s;

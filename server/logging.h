@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "server/clock.h"
 
 namespace attnserve::server {
 
@@ -19,11 +20,13 @@ namespace attnserve::server {
 // INVALID_ARGUMENT naming the bad value and the accepted ones.
 absl::Status SetUpLogging(const std::string& format, const std::string& level);
 
-// Allows at most `per_second` events per second; the rest are counted. Used
-// for warnings about rejected requests.
+// Allows at most `per_second` events per second of `clock` (windows are the
+// clock's whole seconds); the rest are counted. Used for warnings about
+// rejected requests and engine failures.
 class RateLimiter {
  public:
-  explicit RateLimiter(uint32_t per_second) : per_second_(per_second) {}
+  // `clock` must outlive the limiter; nullptr = a process-wide RealClock.
+  explicit RateLimiter(uint32_t per_second, const Clock* clock = nullptr);
 
   // True when this event may be logged. When true, *suppressed receives the
   // number of events refused since the last allowed one (to log "N similar
@@ -31,7 +34,10 @@ class RateLimiter {
   bool Allow(uint64_t* suppressed);
 
  private:
+  static const Clock& DefaultClock();
+
   const uint32_t per_second_;
+  const Clock* const clock_;
   std::mutex mu_;
   int64_t window_start_s_ = 0;  // guarded by mu_
   uint32_t used_ = 0;           // guarded by mu_

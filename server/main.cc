@@ -1,11 +1,14 @@
 // attnserve: multi-head self-attention over gRPC. Flags: attnserve --help.
 // SIGTERM/SIGINT drain gracefully (see AttnServer::Drain) and exit 0; exit 1
-// if accepted requests were still unanswered at --drain-timeout-ms; exit 2
+// right at the deadline (--drain-timeout-ms, plus at most 1 s) when
+// accepted requests were still unanswered or a batch was still computing
+// then; exit 2
 // on a bad flag or a startup failure (bad model repository, port in use).
 
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include <spdlog/spdlog.h>
 
@@ -42,7 +45,7 @@ void LogStartup(const attnserve::server::AttnServer& server,
                  m->name(), m->name() == server.registry().default_name() ? " (default)" : "",
                  c.d_model, c.num_heads, c.max_length, std::string(ToString(c.positional)),
                  std::string(ToString(c.relevance)), std::string(ToString(c.normalization)),
-                 c.projections, std::string(ToString(c.precision)), m->engine->compute_path(),
+                 c.projections, std::string(ToString(c.precision)), m->compute_path(),
                  m->model->path);
   }
   spdlog::info("batching: max_batch_size={} max_batch_tokens={} max_queue_delay_us={} "
@@ -84,6 +87,14 @@ int main(int argc, char** argv) {
   spdlog::info("received {}; draining (health NOT_SERVING, new calls UNAVAILABLE, up to {} ms)",
                signal_number == SIGTERM ? "SIGTERM" : "SIGINT", options.drain_timeout_ms);
   const bool clean = (*server)->Drain();
-  spdlog::info("drained {}; exiting", clean ? "cleanly" : "with requests unanswered");
-  return clean ? 0 : 1;
+  if (!clean) {
+    // Missed the deadline: a batch (and the calls waiting on it) may still be
+    // running. Exit now rather than wait for it in the destructors.
+    spdlog::error("drain missed its {} ms deadline; exiting 1", options.drain_timeout_ms);
+    spdlog::shutdown();
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
+  spdlog::info("drained cleanly; exiting");
+  return 0;
 }

@@ -194,6 +194,9 @@ struct Metrics::Families {
                      .Add({})),
         model_info(Register(prometheus::BuildGauge(), r, "attnserve_model_info",
                             "Configuration of each loaded model; the value is always 1.")),
+        engine_failures(Register(prometheus::BuildCounter(), r, "attnserve_engine_failures_total",
+                                 "Requests the engine failed (out of memory, oneDNN error), "
+                                 "by gRPC status code name.")),
         process(std::make_shared<ProcessCollector>()) {}
 
   Family<Counter>& requests;
@@ -206,6 +209,7 @@ struct Metrics::Families {
   Family<Gauge>& queue_depth;
   Gauge& inflight;
   Family<Gauge>& model_info;
+  Family<Counter>& engine_failures;
   // Registered with the Exposer (which keeps only a weak_ptr), since a
   // prometheus-cpp Registry holds families, not custom collectables.
   std::shared_ptr<ProcessCollector> process;
@@ -276,6 +280,11 @@ void Metrics::BatchDone(const std::string& model, double compute_seconds,
 
 void Metrics::SetQueueDepth(const std::string& model, double depth) {
   families_->queue_depth.Add({{"model", model}}).Set(depth);
+}
+
+void Metrics::EngineFailures(const std::string& model, const std::string& code,
+                             double requests) {
+  families_->engine_failures.Add({{"model", model}, {"code", code}}).Increment(requests);
 }
 
 void Metrics::InflightAdd(double delta) { families_->inflight.Increment(delta); }

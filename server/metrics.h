@@ -1,4 +1,4 @@
-// Metrics: every Prometheus series of DESIGN.md ("Metrics"), registered once,
+// Metrics: every Prometheus series of docs/DESIGN.md ("Metrics"), registered once,
 // exposed over HTTP by prometheus-cpp (GET /metrics). Thread-safe: every
 // method may be called from any thread (prometheus-cpp metrics are atomic).
 #ifndef ATTNSERVE_SERVER_METRICS_H_
@@ -51,6 +51,11 @@ class Metrics {
 
   // attnserve_queue_depth{model}.
   void SetQueueDepth(const std::string& model, double depth);
+
+  // attnserve_engine_failures_total{model, code} += requests: requests the
+  // engine failed (RESOURCE_EXHAUSTED: out of memory; INTERNAL: a oneDNN or
+  // other engine error). They are also in attnserve_requests_total.
+  void EngineFailures(const std::string& model, const std::string& code, double requests);
 
   // attnserve_inflight_requests: requests received and not yet answered.
   void InflightAdd(double delta);

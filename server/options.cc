@@ -4,6 +4,7 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -38,6 +39,8 @@ absl::Status Validate(const ServerOptions& o) {
       {"max-batch-tokens", b.max_batch_tokens, 1, kNoMax},
       {"max-queue-size", b.max_queue_size, 1, kNoMax},
       {"max-queue-delay-us", b.max_queue_delay_us, 0, kNoMax},
+      {"max-queue-bytes", static_cast<int64_t>(std::min<uint64_t>(b.max_queue_bytes, kNoMax)), 1,
+       kNoMax},
       {"threads", o.threads, 0, kNoMax},  // 0 = AvailableCpus()
       {"max-message-bytes", o.max_message_bytes, 4096, INT32_MAX},  // gRPC takes an int
       {"drain-timeout-ms", o.drain_timeout_ms, 0, kNoMax},
@@ -149,6 +152,9 @@ absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions
        "Longest a request waits for companions before its batch runs, microseconds");
   Flag(app, "max-queue-size", o.batching.max_queue_size,
        "Most requests waiting per model; beyond it calls fail with RESOURCE_EXHAUSTED");
+  Flag(app, "max-queue-bytes", o.batching.max_queue_bytes,
+       "Most bytes the requests waiting or computing per model may hold (input, output and "
+       "attention weights, 4 bytes a float); beyond it calls fail with RESOURCE_EXHAUSTED");
   Flag(app, "threads", o.threads,
        "Engine threads per batch (0 = the CPUs this process may use: its affinity mask, "
        "capped by its container's CPU limit)");

@@ -1,4 +1,4 @@
-// ServerOptions: every flag of the attnserve binary (DESIGN.md, "Serving"),
+// ServerOptions: every flag of the attnserve binary (docs/DESIGN.md, "Serving"),
 // each also readable from ATTNSERVE_<FLAG> (upper case, dashes as
 // underscores); a command-line flag wins over its environment variable. A
 // plain value type.
@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "server/batcher.h"
+#include "server/model_registry.h"
 
 namespace attnserve::server {
 
@@ -39,6 +40,9 @@ struct ServerOptions {
   // Connections are closed (gracefully) after this age so clients re-resolve
   // and rebalance after scale-out; 0 = never.
   int64_t max_connection_age_ms = 0;
+  // Makes each model's engine; empty = the oneDNN engine. Not a flag: the
+  // seam through which in-process tests serve a failing or slow engine.
+  EngineFactory engine_factory;
 };
 
 // The model repository used when --model-repository is not given: the

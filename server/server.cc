@@ -7,6 +7,7 @@
 #include <grpcpp/server_builder.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -17,11 +18,13 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   auto s = std::unique_ptr<AttnServer>(new AttnServer());
   s->options_ = options;
   s->metrics_ = std::make_unique<Metrics>();
-  auto registry = ModelRegistry::Load(options.model_repository, options.default_model,
-                                      options.batching,
-                                      options.threads > 0 ? options.threads : AvailableCpus(),
-                                      &s->clock_,
-                                      s->metrics_.get());
+  auto registry = ModelRegistry::Load(
+      {.repository = options.model_repository,
+       .default_model = options.default_model,
+       .batching = options.batching,
+       .threads = options.threads > 0 ? options.threads : AvailableCpus(),
+       .engine_factory = options.engine_factory},
+      &s->clock_, s->metrics_.get());
   if (!registry.ok()) return registry.status();
   s->registry_ = *std::move(registry);
   ServiceOptions service_options;
@@ -93,31 +96,71 @@ bool AttnServer::Drain() {
   std::lock_guard<std::mutex> lock(drain_mu_);
   if (drained_) return drain_result_;
   drained_ = true;
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::milliseconds(options_.drain_timeout_ms);
+  const auto timeout = std::chrono::milliseconds(options_.drain_timeout_ms);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const int64_t drain_start_us = clock_.NowMicros();
+  const int64_t deadline_us = drain_start_us + options_.drain_timeout_ms * 1000;
   // 1. Tell load balancers and probes first, 2. refuse new work and flush the
   // queues, 3. answer what was accepted, 4. keep refusing (UNAVAILABLE, which
-  // clients retry elsewhere) until callers have noticed, 5. stop the transport.
-  const int64_t drain_start_us = clock_.NowMicros();
+  // clients retry elsewhere) until callers have noticed, 5. end the batch
+  // threads, 6. stop the transport. Every phase ends by the drain deadline.
   server_->GetHealthCheckService()->SetServingStatus(false);
   service_->StartDraining();
-  registry_->BeginDrain();
-  drain_result_ = service_->WaitIdle(deadline);
-  if (!drain_result_) {
+  registry_->StartDraining();
+  const bool answered = service_->WaitIdle(deadline);
+  if (!answered) {
     spdlog::error("drain: requests still unanswered after {} ms; shutting down anyway",
                   options_.drain_timeout_ms);
   }
   LingerWhileRefusing(drain_start_us, deadline);
-  registry_->Drain();
-  // Everything accepted is answered; what remains are idle streams, which a
-  // short grace period lets finish writing before they are cancelled.
-  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
-  server_->Wait();
+  const bool batchers_done = registry_->Drain(deadline_us);
+  if (!batchers_done) {
+    spdlog::error("drain: a batch is still computing at the {} ms deadline", options_.drain_timeout_ms);
+  }
+  // A slow transport stop alone (everything answered, no batch left) is
+  // logged but not a failed drain: nothing accepted is lost.
+  StopTransport(deadline - std::chrono::steady_clock::now());
+  drain_result_ = answered && batchers_done;
   return drain_result_;
+}
+
+// grpc::Server::Shutdown waits for open calls and for client connections to
+// close until its deadline, then cancels the calls and drops the connections.
+// By now every accepted request has been answered (or the drain deadline has
+// passed), so what is left are idle streams and pooled client connections,
+// which would otherwise hold the drain for its whole timeout: they get
+// kIdleGrace (never past the drain deadline). Shutdown then also waits for
+// every call to be finished, which a call held by a stuck engine run never
+// is; so it runs on shutdown_thread_, and Drain waits for it only kCancelGrace
+// longer (cancelled calls and dropped connections take a moment to end; the
+// machine may be loaded). True when the transport stopped in that time.
+bool AttnServer::StopTransport(std::chrono::steady_clock::duration left) {
+  constexpr auto kIdleGrace = std::chrono::milliseconds(500);
+  constexpr auto kCancelGrace = std::chrono::milliseconds(1000);
+  const auto grace = std::clamp<std::chrono::steady_clock::duration>(
+      left, std::chrono::steady_clock::duration::zero(), kIdleGrace);
+  const auto shutdown_deadline = std::chrono::system_clock::now() + grace;
+  shutdown_thread_ = std::thread([this, shutdown_deadline] {
+    server_->Shutdown(shutdown_deadline);
+    server_->Wait();
+    std::lock_guard<std::mutex> lock(transport_mu_);
+    transport_stopped_ = true;
+    transport_cv_.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(transport_mu_);
+  if (transport_cv_.wait_for(lock, grace + kCancelGrace, [this] { return transport_stopped_; })) {
+    return true;
+  }
+  spdlog::warn("drain: gRPC calls or connections still open {} ms after they were cancelled",
+               std::chrono::duration_cast<std::chrono::milliseconds>(kCancelGrace).count());
+  return false;
 }
 
 AttnServer::~AttnServer() {
   if (server_ != nullptr) Drain();
+  // A drain that missed its deadline left these for a stuck engine run to
+  // release: wait for it here (main() exits without destroying the server).
+  if (shutdown_thread_.joinable()) shutdown_thread_.join();
+  registry_.reset();
 }
-
 }  // namespace attnserve::server

@@ -5,7 +5,10 @@
 #define ATTNSERVE_SERVER_SERVER_H_
 
 #include <memory>
+#include <chrono>
+#include <condition_variable>
 #include <mutex>
+#include <thread>
 
 #include <grpcpp/server.h>
 
@@ -33,15 +36,23 @@ class AttnServer {
   Metrics& metrics() { return *metrics_; }
 
   // Graceful drain (SIGTERM): health turns NOT_SERVING, new calls get
-  // UNAVAILABLE, every accepted request is answered (waiting at most
-  // drain_timeout_ms), then the gRPC server shuts down. Returns true when
-  // everything accepted was answered in time. Idempotent.
+  // UNAVAILABLE, every accepted request is answered, the batch threads end,
+  // then the gRPC server shuts down (idle streams and connections get 500 ms,
+  // then are cancelled). Every phase is bounded by one deadline,
+  // drain_timeout_ms from the call: Drain returns by then plus 1 s at the
+  // latest, even when an engine run is stuck. Returns true when everything
+  // accepted was answered and every batch thread ended in time; false
+  // otherwise (main() then exits 1 without waiting for the stuck work; the
+  // destructor waits for it). Idempotent.
   bool Drain();
 
  private:
   AttnServer() = default;
   void LingerWhileRefusing(int64_t drain_start_us,
                            std::chrono::steady_clock::time_point deadline);
+  // Shuts the gRPC server down on shutdown_thread_ (see the .cc); true when
+  // it stopped in time. `left`: time to the drain deadline.
+  bool StopTransport(std::chrono::steady_clock::duration left);
 
   ServerOptions options_;
   RealClock clock_;
@@ -55,6 +66,11 @@ class AttnServer {
   std::mutex drain_mu_;
   bool drained_ = false;  // guarded by drain_mu_
   bool drain_result_ = true;  // guarded by drain_mu_
+
+  std::thread shutdown_thread_;  // started by Drain, joined by the destructor
+  std::mutex transport_mu_;
+  std::condition_variable transport_cv_;
+  bool transport_stopped_ = false;  // guarded by transport_mu_
 };
 
 }  // namespace attnserve::server

@@ -1,5 +1,5 @@
 // Request validation: turns an AttendRequest into a core::SequenceInput that
-// views the request's own data (no copy), or the gRPC error of DESIGN.md's
+// views the request's own data (no copy), or the gRPC error of docs/DESIGN.md's
 // table with a message saying what was wrong and what was expected. Pure
 // functions; thread-safe.
 #ifndef ATTNSERVE_SERVER_VALIDATION_H_

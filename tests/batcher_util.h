@@ -157,8 +157,11 @@ class FakeRun {
 // A batcher on a FakeClock with its requests. Members are destroyed in
 // reverse: the batcher drains first, while the requests and the run live.
 struct Harness {
-  explicit Harness(BatcherOptions options, BatcherHooks hooks = {}) {
-    batcher = Batcher::Create(options, run.Function(), &clock, std::move(hooks)).value();
+  explicit Harness(BatcherOptions options, BatcherHooks hooks = {},
+                   TaskBytesFunction task_bytes = {}) {
+    batcher = Batcher::Create(options, run.Function(), &clock, std::move(hooks),
+                              std::move(task_bytes))
+                  .value();
   }
 
   Request& Add(uint32_t length) {

@@ -202,8 +202,11 @@ TEST_F(AttnctlTest, HealthExitCodesWorkAsAProbe) {
   run = Attnctl({"health", "--service", "no_such_model"});
   EXPECT_EQ(run.exit_code, 1) << run.output;
   EXPECT_THAT(run.output, HasSubstr("NOT_FOUND"));
-  // Nobody listens on a fresh free port: UNAVAILABLE, after no retries.
-  run = Attnctl({"--retries", "0", "health"}, FreeLoopbackPort());
+  // Nobody listens on a port held bound but not listening: UNAVAILABLE,
+  // after no retries.
+  const RefusingLoopbackPort refusing;
+  ASSERT_GT(refusing.port(), 0);
+  run = Attnctl({"--retries", "0", "health"}, refusing.port());
   EXPECT_EQ(run.exit_code, 1) << run.output;
   EXPECT_THAT(run.output, HasSubstr("UNAVAILABLE"));
 }

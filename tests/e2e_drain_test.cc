@@ -1,6 +1,7 @@
 // End-to-end tests of health, graceful drain and the attnserve binary:
 // grpc.health.v1 overall and per model; AttnServer::Drain answers what was
-// accepted, refuses new calls with UNAVAILABLE and reports NOT_SERVING first;
+// accepted (held in an injected engine while the test looks), refuses new
+// calls with UNAVAILABLE and reports NOT_SERVING first;
 // the real binary drains on SIGTERM under load and exits 0; its flags,
 // --help, environment variables and startup errors.
 //
@@ -26,6 +27,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/e2e_util.h"
+#include "tests/fake_engines.h"
 
 namespace attnserve::testing {
 namespace {
@@ -57,11 +59,20 @@ TEST(E2eHealthTest, ServingOverallAndPerModelNotFoundForUnknownServices) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
 }
 
-TEST(E2eDrainTest, AnswersQueuedRequestsRefusesNewOnesAndTurnsNotServingFirst) {
+TEST(E2eDrainTest, AnswersAcceptedRequestsRefusesNewOnesAndTurnsNotServingFirst) {
+  // The accepted request is held in the engine (injected) until the test has
+  // checked the drain's first phases, so nothing below depends on timing.
+  auto state = std::make_shared<EngineHookState>();
+  Gate release;
+  std::atomic<bool> in_engine{false};
+  state->before_run = [&](const std::string&, std::span<const core::SequenceInput>) {
+    in_engine = true;
+    release.Wait(std::chrono::seconds(30));
+    return absl::OkStatus();
+  };
   server::ServerOptions options = LoopbackOptions(GoldenRepository());
-  options.batching.max_batch_size = 64;
-  options.batching.max_queue_delay_us = 1000000;  // the queued request waits 1 s
-  options.drain_timeout_ms = 10000;
+  options.engine_factory = HookedEngineFactory(state);
+  options.drain_timeout_ms = 30000;
   auto server = StartLoopbackServer(options);
   ASSERT_NE(server, nullptr);
   const ReferenceOracle oracle(GoldenRepository());
@@ -72,8 +83,7 @@ TEST(E2eDrainTest, AnswersQueuedRequestsRefusesNewOnesAndTurnsNotServingFirst) {
   grpc::Status queued_status;
   v1::AttendResponse queued_reply;
   std::thread client([&] { queued_status = CallAttend(*stub, queued, &queued_reply); });
-  const server::Batcher& batcher = *server->registry().Find("mha_plain")->batcher;
-  ASSERT_TRUE(WaitFor([&] { return batcher.queue_depth() == 1; }, std::chrono::seconds(5)));
+  ASSERT_TRUE(WaitFor([&] { return in_engine.load(); }, std::chrono::seconds(10)));
 
   std::atomic<bool> drain_done{false};
   bool drain_result = false;
@@ -81,21 +91,23 @@ TEST(E2eDrainTest, AnswersQueuedRequestsRefusesNewOnesAndTurnsNotServingFirst) {
     drain_result = server->Drain();
     drain_done = true;
   });
-  // Health turns NOT_SERVING while the queued request is still waiting.
+  // Health turns NOT_SERVING while the accepted request is still computing.
   int serving = kServing;
   EXPECT_TRUE(WaitFor(
       [&] { return HealthCheck(channel, "", &serving).ok() && serving == kNotServing; },
       std::chrono::seconds(5)));
   EXPECT_TRUE(HealthCheck(channel, "mha_plain", &serving).ok());
   EXPECT_EQ(serving, kNotServing);
-  EXPECT_FALSE(drain_done.load()) << "drain finished before the queued request was answered";
+  EXPECT_FALSE(drain_done.load()) << "drain finished before the accepted request was answered";
 
   // A new call while draining is refused.
   v1::AttendResponse reply;
   const grpc::Status refused = CallAttend(*stub, RandomRequest(rng, "mha_plain", 32, 3), &reply);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
   EXPECT_THAT(refused.error_message(), HasSubstr("draining"));
+  EXPECT_FALSE(drain_done.load());
 
+  release.Open();
   client.join();
   drainer.join();
   ASSERT_TRUE(queued_status.ok()) << queued_status.error_message();
@@ -233,6 +245,7 @@ TEST(E2eBinaryTest, HelpDocumentsEveryFlagAndExitsZero) {
   for (const char* flag :
        {"--host", "--port", "--metrics-port", "--model-repository", "--default-model",
         "--max-batch-size", "--max-batch-tokens", "--max-queue-delay-us", "--max-queue-size",
+        "--max-queue-bytes",
         "--threads", "--log-level", "--log-format", "--max-message-bytes", "--drain-timeout-ms",
         "ATTNSERVE_"}) {
     EXPECT_THAT(run.output, HasSubstr(flag));

@@ -81,7 +81,7 @@ class TempDir {
 };
 
 // A /usr/bin/prometheus child scraping one target every second, listening on
-// a free 127.0.0.1 port, with its config, TSDB and log in a temporary
+// 127.0.0.1 port 0 (the port it got is read back from /proc), with its config, TSDB and log in a temporary
 // directory. The destructor stops it (SIGTERM; SIGKILL after 5 s) and reaps it.
 class PrometheusProcess {
  public:
@@ -94,8 +94,6 @@ class PrometheusProcess {
   // or what went wrong.
   std::string Start(int target_port) {
     if (dir_.path().empty()) return "mkdtemp failed";
-    port_ = FreeLoopbackPort();
-    if (port_ == 0) return "no free loopback port";
     const std::string config = dir_.path() + "/prometheus.yml";
     std::ofstream(config) << "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
                           << "  evaluation_interval: 1s\n"
@@ -109,7 +107,7 @@ class PrometheusProcess {
         "--config.file=" + config,
         "--storage.tsdb.path=" + dir_.path() + "/data",
         "--storage.tsdb.retention.time=1h",
-        "--web.listen-address=127.0.0.1:" + std::to_string(port_),
+        "--web.listen-address=127.0.0.1:0",  // the port is read back (WaitReady)
         "--log.level=warn"};
     std::vector<char*> argv;
     for (const std::string& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
@@ -140,7 +138,12 @@ class PrometheusProcess {
   bool WaitReady(SteadyClock::duration timeout) {
     const auto deadline = SteadyClock::now() + timeout;
     while (SteadyClock::now() < deadline && Running()) {
-      const std::optional<HttpResponse> r = HttpGet(port_, "/-/ready");
+      if (port_ == 0) {  // bound to port 0: learn which port it got
+        const std::vector<int> ports = ListeningLoopbackPorts(pid_);
+        if (!ports.empty()) port_ = ports.front();
+      }
+      const std::optional<HttpResponse> r =
+          port_ == 0 ? std::nullopt : HttpGet(port_, "/-/ready");
       if (r && r->status == 200) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }

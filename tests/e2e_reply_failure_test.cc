@@ -43,8 +43,9 @@ class HookedServer {
   HookedServer() {
     server::BatcherOptions batching;
     batching.max_queue_delay_us = 2000;  // so a stream's messages share batches
-    auto registry = server::ModelRegistry::Load(GoldenRepository(), "", batching, 2, &clock_,
-                                                &metrics_);
+    auto registry = server::ModelRegistry::Load(
+        {.repository = GoldenRepository(), .batching = batching, .threads = 2}, &clock_,
+        &metrics_);
     if (!registry.ok()) {
       ADD_FAILURE() << registry.status();
       return;
@@ -65,7 +66,7 @@ class HookedServer {
       server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
       server_->Wait();
     }
-    if (registry_ != nullptr) registry_->Drain();
+    if (registry_ != nullptr) registry_->Drain(clock_.NowMicros() + 10'000'000);
   }
 
   bool ok() const { return server_ != nullptr && port_ != 0; }

@@ -8,6 +8,10 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
 
 namespace attnserve::testing {
 namespace {
@@ -47,17 +51,48 @@ std::optional<HttpResponse> HttpGet(int port, const std::string& target) {
   return HttpResponse{status, response.substr(body + 4)};
 }
 
-int FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+std::vector<int> ListeningLoopbackPorts(pid_t pid) {
+  namespace fs = std::filesystem;
+  std::set<std::string> inodes;  // "socket:[12345]" -> "12345"
+  std::error_code ec;
+  for (const auto& fd : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    const std::string target = fs::read_symlink(fd.path(), ec).string();
+    if (!ec && target.rfind("socket:[", 0) == 0) {
+      inodes.insert(target.substr(8, target.size() - 9));
+    }
+  }
+  std::vector<int> ports;
+  std::ifstream tcp("/proc/net/tcp");
+  std::string line;
+  std::getline(tcp, line);  // header
+  while (std::getline(tcp, line)) {
+    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+    std::istringstream in(line);
+    std::string sl, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+    if (!(in >> sl >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
+          timeout >> inode)) {
+      continue;
+    }
+    constexpr char kListen[] = "0A";
+    constexpr char kLoopbackHex[] = "0100007F";  // 127.0.0.1, little-endian
+    if (state != kListen || local.rfind(kLoopbackHex, 0) != 0 || !inodes.count(inode)) continue;
+    ports.push_back(static_cast<int>(std::stoul(local.substr(local.find(':') + 1), nullptr, 16)));
+  }
+  return ports;
+}
+
+RefusingLoopbackPort::RefusingLoopbackPort() {
+  fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in addr = LoopbackSockaddr(0);
   socklen_t size = sizeof(addr);
-  int port = 0;
-  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &size) == 0) {
-    port = ntohs(addr.sin_port);
+  if (fd_ >= 0 && bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &size) == 0) {
+    port_ = ntohs(addr.sin_port);
   }
-  if (fd >= 0) close(fd);
-  return port;
+}
+
+RefusingLoopbackPort::~RefusingLoopbackPort() {
+  if (fd_ >= 0) close(fd_);
 }
 
 bool HavePromtool() { return std::system("command -v promtool > /dev/null 2>&1") == 0; }

@@ -1,10 +1,13 @@
 // Loopback HTTP and promtool helpers shared by the metrics tests: a bounded
-// HTTP/1.0 GET, a free port, and `promtool check metrics`.
+// HTTP/1.0 GET, ports of children and a refusing port, and `promtool check metrics`.
 #ifndef ATTNSERVE_TESTS_HTTP_UTIL_H_
 #define ATTNSERVE_TESTS_HTTP_UTIL_H_
 
+#include <sys/types.h>
+
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace attnserve::testing {
 
@@ -18,8 +21,27 @@ struct HttpResponse {
 // when nothing listens or the reply is not HTTP.
 std::optional<HttpResponse> HttpGet(int port, const std::string& target);
 
-// A port on 127.0.0.1 nothing listens on now (the kernel's pick for port 0).
-int FreeLoopbackPort();
+// The TCP ports process `pid` listens on at 127.0.0.1 (its socket inodes in
+// /proc/PID/fd matched against LISTEN rows of /proc/net/tcp): how a test
+// learns the port of a child told to listen on port 0. Empty until it listens.
+std::vector<int> ListeningLoopbackPorts(pid_t pid);
+
+// A 127.0.0.1 port this object holds bound (the kernel's pick) but never
+// listens on: connecting to it is refused, and while the object lives no
+// other socket can take the port, so unlike "bind, read the port, close,
+// reuse" there is no window in which something else starts listening there.
+class RefusingLoopbackPort {
+ public:
+  RefusingLoopbackPort();
+  ~RefusingLoopbackPort();
+  RefusingLoopbackPort(const RefusingLoopbackPort&) = delete;
+  RefusingLoopbackPort& operator=(const RefusingLoopbackPort&) = delete;
+  int port() const { return port_; }  // 0 when binding failed
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
 
 struct CommandResult {
   int exit_code = -1;  // -1: did not run or did not exit normally

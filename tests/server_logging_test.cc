@@ -138,23 +138,16 @@ TEST(SetUpLoggingTest, BadFormatIsInvalidArgument) {
   EXPECT_THAT(status.message(), HasSubstr("text, json"));
 }
 
-// RateLimiter windows are the whole seconds of the steady clock. A burst
-// test needs all its events inside one window, so it starts early in one.
-void WaitForFreshWindow() {
-  using std::chrono::milliseconds;
-  const auto into_second = std::chrono::duration_cast<milliseconds>(
-                               std::chrono::steady_clock::now().time_since_epoch()) %
-                           1000;
-  if (into_second > milliseconds(500)) {
-    std::this_thread::sleep_for(milliseconds(1010) - into_second);
-  }
-}
+// RateLimiter windows are the whole seconds of its clock: a FakeClock, so
+// every test knows exactly which window it is in (no sleeps, no races with
+// the second boundary).
+constexpr int64_t kSecondUs = 1'000'000;
 
 TEST(RateLimiterTest, AllowsExactlyNPerWindow) {
   for (uint32_t per_second : {1u, 3u, 10u}) {
     SCOPED_TRACE(per_second);
-    RateLimiter limiter(per_second);
-    WaitForFreshWindow();
+    FakeClock clock(5 * kSecondUs + 999'999);  // the last microsecond of a window
+    RateLimiter limiter(per_second, &clock);
     for (uint32_t i = 0; i < per_second; ++i) {
       uint64_t suppressed = 99;
       EXPECT_TRUE(limiter.Allow(&suppressed));
@@ -165,22 +158,30 @@ TEST(RateLimiterTest, AllowsExactlyNPerWindow) {
       EXPECT_FALSE(limiter.Allow(&suppressed));
       EXPECT_EQ(suppressed, 99u) << "untouched when refused";
     }
+    clock.Advance(1);  // the next window: a fresh budget
+    uint64_t suppressed = 0;
+    EXPECT_TRUE(limiter.Allow(&suppressed));
+    EXPECT_EQ(suppressed, 5u);
   }
 }
 
 TEST(RateLimiterTest, ZeroAllowsNothing) {
-  RateLimiter limiter(0);
+  FakeClock clock;
+  RateLimiter limiter(0, &clock);
   uint64_t suppressed = 0;
-  for (int i = 0; i < 10; ++i) EXPECT_FALSE(limiter.Allow(&suppressed));
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_FALSE(limiter.Allow(&suppressed));
+    clock.Advance(kSecondUs);
+  }
 }
 
 TEST(RateLimiterTest, ConcurrentCallersShareTheBudget) {
   constexpr uint32_t kPerSecond = 50;
   constexpr int kThreads = 8;
   constexpr int kCallsPerThread = 100;
-  RateLimiter limiter(kPerSecond);
+  FakeClock clock;
+  RateLimiter limiter(kPerSecond, &clock);
   std::atomic<int> allowed{0};
-  WaitForFreshWindow();
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&] {
@@ -192,19 +193,27 @@ TEST(RateLimiterTest, ConcurrentCallersShareTheBudget) {
   EXPECT_EQ(allowed.load(), static_cast<int>(kPerSecond));
 }
 
-TEST(RateLimiterTest, NextWindowReportsSuppressedCount) {
-  RateLimiter limiter(2);
+TEST(RateLimiterTest, NextWindowReportsSuppressedCountOnce) {
+  FakeClock clock;
+  RateLimiter limiter(2, &clock);
   uint64_t suppressed = 99;
-  WaitForFreshWindow();
   ASSERT_TRUE(limiter.Allow(&suppressed));
   ASSERT_TRUE(limiter.Allow(&suppressed));
   for (int i = 0; i < 7; ++i) ASSERT_FALSE(limiter.Allow(&suppressed));
-
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  clock.Advance(kSecondUs - 1);  // same window until the boundary
+  ASSERT_FALSE(limiter.Allow(&suppressed));
+  clock.Advance(1);
   ASSERT_TRUE(limiter.Allow(&suppressed));
-  EXPECT_EQ(suppressed, 7u);
+  EXPECT_EQ(suppressed, 8u);
   ASSERT_TRUE(limiter.Allow(&suppressed));
   EXPECT_EQ(suppressed, 0u) << "the count is reported once";
+}
+
+TEST(RateLimiterTest, WithoutAClockUsesTheRealOne) {
+  RateLimiter limiter(1);
+  uint64_t suppressed = 99;
+  EXPECT_TRUE(limiter.Allow(&suppressed));
+  EXPECT_EQ(suppressed, 0u);
 }
 
 }  // namespace
