@@ -56,6 +56,8 @@ absl::Status Validate(const ServerOptions& o) {
       {"threads", o.threads, 0, kNoMax},  // 0 = AvailableCpus()
       {"max-message-bytes", o.max_message_bytes, 4096, INT32_MAX},  // gRPC takes an int
       {"drain-timeout-ms", o.drain_timeout_ms, 0, kNoMax},
+      {"stream-window", o.stream_window, 1, kNoMax},
+      {"max-memory-bytes", o.max_memory_bytes, 0, kNoMax},  // 0 = DefaultMaxMemoryBytes()
       {"max-connection-age-ms", o.max_connection_age_ms, 0, kNoMax},
   };
   for (const Bound& bound : bounds) {
@@ -127,6 +129,34 @@ int AvailableCpus() {
   return cpus > 0 ? cpus : 1;
 }
 
+int64_t MemoryLimitFromCgroup(const std::string& value) {
+  // v1 reports "no limit" as the largest page-aligned int64 (~2^63); anything
+  // beyond a petabyte is treated as no limit.
+  constexpr int64_t kNoLimitAbove = int64_t{1} << 50;
+  try {
+    size_t used = 0;
+    const int64_t bytes = std::stoll(value, &used);
+    return bytes > 0 && bytes < kNoLimitAbove ? bytes : 0;
+  } catch (const std::exception&) {
+    return 0;  // "max", empty, or unreadable
+  }
+}
+
+int64_t DefaultMaxMemoryBytes() {
+  constexpr int64_t kWithoutLimit = int64_t{1} << 30;
+  constexpr int64_t kFractionOfLimit = 4;  // the rest is models, replies, the engine
+  auto first_line = [](const char* path) {
+    std::ifstream in(path);
+    std::string line;
+    std::getline(in, line);
+    return line;
+  };
+  std::string value = first_line("/sys/fs/cgroup/memory.max");  // cgroup v2
+  if (value.empty()) value = first_line("/sys/fs/cgroup/memory/memory.limit_in_bytes");  // v1
+  const int64_t limit = MemoryLimitFromCgroup(value);
+  return limit > 0 ? limit / kFractionOfLimit : kWithoutLimit;
+}
+
 std::string DefaultModelRepository() { return ATTNSERVE_DEFAULT_MODEL_REPOSITORY; }
 
 absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions* options,
@@ -169,6 +199,14 @@ absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions
   Flag(app, "log-format", o.log_format, "text or json (one JSON object per line)");
   Flag(app, "max-message-bytes", o.max_message_bytes,
        "Largest request or reply; a reply that would be larger fails with RESOURCE_EXHAUSTED");
+  Flag(app, "stream-window", o.stream_window,
+       "Most messages of one AttendStream held at once (read and not yet answered, or "
+       "answered and not yet written); reading pauses there until replies are written");
+  Flag(app, "max-memory-bytes", o.max_memory_bytes,
+       "gRPC's memory quota for message buffers and call state (suffixes Ki, Mi, Gi; 0 = a "
+       "quarter of the container's memory limit, or 1 GiB without one); beyond it calls "
+       "are refused with RESOURCE_EXHAUSTED")
+      ->transform(CLI::AsSizeValue(false));
   Flag(app, "drain-timeout-ms", o.drain_timeout_ms,
        "On SIGTERM/SIGINT: time allowed to answer accepted requests before exiting");
   Flag(app, "max-connection-age-ms", o.max_connection_age_ms,

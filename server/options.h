@@ -32,6 +32,13 @@ struct ServerOptions {
   // Largest request or reply message. A request whose reply would be larger
   // fails with RESOURCE_EXHAUSTED before it is computed.
   int64_t max_message_bytes = int64_t{64} << 20;
+  // Most messages of one AttendStream the server holds at once (read and not
+  // yet answered, or answered and not yet written); reading pauses there.
+  uint32_t stream_window = 8;
+  // gRPC's memory quota (ResourceQuota), bytes: the transport's buffers of
+  // incoming and outgoing messages and call state. 0 = the default:
+  // DefaultMaxMemoryBytes().
+  int64_t max_memory_bytes = 0;
   int64_t drain_timeout_ms = 10000;  // SIGTERM: time allowed to answer accepted requests
   // Connections are closed (gracefully) after this age so clients re-resolve
   // and rebalance after scale-out; 0 = never.
@@ -57,6 +64,14 @@ int AvailableCpus();
 // period in microseconds (quota -1 -> 0).
 int CpusFromCgroupV2(const std::string& cpu_max);
 int CpusFromCgroupV1(int64_t quota_us, int64_t period_us);
+
+// The default of --max-memory-bytes: a quarter of the container's memory
+// limit when one is set (cgroup v2 memory.max, or v1
+// memory/memory.limit_in_bytes at /sys/fs/cgroup), otherwise 1 GiB.
+int64_t DefaultMaxMemoryBytes();
+// A cgroup memory limit in bytes (0: none): v2's memory.max ("max" -> 0), or
+// v1's limit_in_bytes (the kernel's "unlimited", a huge value, -> 0).
+int64_t MemoryLimitFromCgroup(const std::string& value);
 
 // Parses argv and the environment. Returns OK with *options filled, or an
 // error: INVALID_ARGUMENT with the message to print for a bad flag or value.

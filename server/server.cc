@@ -4,6 +4,7 @@
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 #include <spdlog/spdlog.h>
@@ -73,8 +74,11 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
       &s->clock_, s->metrics_.get());
   if (!registry.ok()) return registry.status();
   s->registry_ = *std::move(registry);
+  ServiceOptions service_options;
+  service_options.max_message_bytes = options.max_message_bytes;
+  service_options.stream_window = options.stream_window;
   s->service_ = std::make_unique<AttentionService>(s->registry_.get(), s->metrics_.get(),
-                                                   &s->clock_, options.max_message_bytes);
+                                                   &s->clock_, service_options);
 
   if (absl::Status tls = CheckTlsFiles(options.security); !tls.ok()) return tls;
   s->cert_log_watcher_ = WatchCertificateForLog(options.security, &s->clock_);
@@ -89,6 +93,13 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
       &s->port_);
   builder.SetOption(std::make_unique<ReflectionOption>(options.security.reflection));
   builder.RegisterService(s->service_.get());
+  // Bounds what gRPC buffers (incoming and outgoing messages, call state):
+  // under pressure it shrinks flow-control windows and cancels streams with
+  // RESOURCE_EXHAUSTED rather than growing without bound.
+  grpc::ResourceQuota quota("attnserve");
+  quota.Resize(static_cast<size_t>(options.max_memory_bytes > 0 ? options.max_memory_bytes
+                                                                : DefaultMaxMemoryBytes()));
+  builder.SetResourceQuota(quota);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   if (options.max_connection_age_ms > 0) {

@@ -7,17 +7,15 @@
 
 #include <grpcpp/support/status.h>
 
+#include "absl/status/status.h"
+
 namespace attnserve::server {
 
+// gRPC and absl share the numbering and the names; a code outside the
+// canonical set is "UNKNOWN" (as gRPC itself treats it).
 inline std::string StatusCodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {
-      "OK",           "CANCELLED",        "UNKNOWN",           "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND",   "ALREADY_EXISTS",    "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",  "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",        "UNAVAILABLE",       "DATA_LOSS",
-      "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return (i >= 0 && i < 17) ? kNames[i] : "UNKNOWN";
+  const std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+  return name.empty() ? "UNKNOWN" : name;
 }
 
 }  // namespace attnserve::server

@@ -13,6 +13,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <prometheus/registry.h>
 
 #include "absl/strings/str_cat.h"
 #include "core/model_config.h"
@@ -298,6 +299,20 @@ TEST(E2eQueueTest, DeadlinePassedWhileQueuedIsDeadlineExceededAndNeverComputed) 
                             {{"model", "mha_plain"}, {"code", "DEADLINE_EXCEEDED"}}) == 1;
       },
       std::chrono::seconds(5)));
+  // Both waits are in the queue-time histogram, the expired one too (the
+  // longest waits are the ones that matter).
+  uint64_t queue_samples = 0;
+  for (const prometheus::MetricFamily& f : server->metrics().registry()->Collect()) {
+    if (f.name != "attnserve_queue_duration_seconds") continue;
+    for (const prometheus::ClientMetric& m : f.metric) {
+      for (const auto& label : m.label) {
+        if (label.name == "model" && label.value == "mha_plain") {
+          queue_samples = m.histogram.sample_count;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(queue_samples, 2u);
 }
 
 TEST(E2eMessageSizeTest, OversizeReplyAndOversizeRequestAreResourceExhausted) {

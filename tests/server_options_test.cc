@@ -2,7 +2,9 @@
 // capped by its cgroup's CPU quota (a container's CPU limit), rounded up.
 #include <sched.h>
 
+#include <string>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -45,6 +47,46 @@ TEST(AvailableCpusTest, NeverMoreThanTheAffinityMaskAndAtLeastOne) {
   ASSERT_EQ(sched_setaffinity(0, sizeof one, &one), 0);
   EXPECT_EQ(AvailableCpus(), 1);
   ASSERT_EQ(sched_setaffinity(0, sizeof set, &set), 0);
+}
+
+}  // namespace
+}  // namespace attnserve::server
+
+namespace attnserve::server {
+namespace {
+
+TEST(MemoryLimitTest, CgroupLimitsInBytesAndNoLimitIsZero) {
+  EXPECT_EQ(MemoryLimitFromCgroup("2147483648\n"), int64_t{2} << 30);  // v2 or v1
+  EXPECT_EQ(MemoryLimitFromCgroup("max"), 0);                          // v2: no limit
+  EXPECT_EQ(MemoryLimitFromCgroup("9223372036854771712"), 0);          // v1: no limit
+  EXPECT_EQ(MemoryLimitFromCgroup(""), 0);
+  EXPECT_EQ(MemoryLimitFromCgroup("garbage"), 0);
+  EXPECT_GE(DefaultMaxMemoryBytes(), int64_t{1} << 20);
+}
+
+// ParseServerOptions on `args` (after the program name).
+absl::Status Parse(std::vector<const char*> args, ServerOptions* options) {
+  args.insert(args.begin(), "attnserve");
+  bool exit_now = false;
+  std::string help;
+  return ParseServerOptions(static_cast<int>(args.size()), args.data(), options, &exit_now,
+                            &help);
+}
+
+TEST(MemoryFlagsTest, SizesTakeBinarySuffixesAndTheWindowMustBePositive) {
+  ServerOptions o;
+  ASSERT_TRUE(Parse({"--max-memory-bytes", "128Mi", "--stream-window", "3"}, &o).ok());
+  EXPECT_EQ(o.max_memory_bytes, int64_t{128} << 20);
+  EXPECT_EQ(o.stream_window, 3u);
+  ASSERT_TRUE(Parse({"--max-memory-bytes", "4096"}, &o).ok());
+  EXPECT_EQ(o.max_memory_bytes, 4096);
+  ServerOptions defaults;
+  ASSERT_TRUE(Parse({}, &defaults).ok());
+  EXPECT_EQ(defaults.max_memory_bytes, 0);  // DefaultMaxMemoryBytes() at startup
+  EXPECT_EQ(defaults.stream_window, 8u);
+  const absl::Status zero = Parse({"--stream-window", "0"}, &o);
+  EXPECT_EQ(zero.message(), "--stream-window must be >= 1; was 0");
+  EXPECT_FALSE(Parse({"--max-memory-bytes", "lots"}, &o).ok());
 }
 
 }  // namespace
