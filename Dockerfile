@@ -19,13 +19,15 @@ RUN apt-get update \
 WORKDIR /src
 # .dockerignore lets only the sources of the binaries and the models in.
 COPY . .
+# Without tests, `all` is just the two binaries and their libraries, built in
+# one parallel make (a --target list would build them one after the other).
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DATTNSERVE_BUILD_TESTS=OFF \
- && cmake --build build -j"$(nproc)" --target attnserve attnctl
+ && cmake --build build -j"$(nproc)"
 # The revision (the context has no .git) is stamped after the long compile, so
 # a new revision alone recompiles one file.
 ARG REVISION=unknown
 RUN cmake -B build -DATTNSERVE_GIT_REVISION="$REVISION" \
- && cmake --build build --target attnserve attnctl \
+ && cmake --build build -j"$(nproc)" \
  && strip --strip-unneeded build/server/attnserve build/client/attnctl
 
 # --- Runtime stage: only the shared libraries attnserve and attnctl link (ldd
@@ -59,7 +61,7 @@ EXPOSE 50051 9090
 # docker/podman only (Kubernetes uses the Deployment's gRPC probes). attnctl
 # calls 127.0.0.1:50051; set ATTNCTL_TARGET too when changing ATTNSERVE_PORT.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["/usr/local/bin/attnctl", "health", "--deadline-ms", "3000", "--retries", "0"]
+  CMD ["/usr/local/bin/attnctl", "--deadline-ms", "3000", "--retries", "0", "health"]
 ARG VERSION=unknown
 ARG REVISION=unknown
 ARG SOURCE=unknown

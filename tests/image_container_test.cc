@@ -88,8 +88,8 @@ std::vector<std::string> Hardened() {
 
 std::string Image() { return absl::StrCat("attnserve:", server::Version()); }
 
-// A running attnserve container on 127.0.0.1 with its own ports; removed
-// by the destructor.
+// A running attnserve container (by name) on 127.0.0.1 with its own ports;
+// port 0 when it failed to start.
 struct Server {
   std::string name;
   int port = 0, metrics_port = 0;
@@ -323,15 +323,13 @@ double SeriesValue(const std::string& exposition, const std::string& series) {
 TEST_F(ImageTest, StopDuringABenchDrainsAndExitsZero) {
   Server s = Start("drain", {});
   ASSERT_NE(s.port, 0) << setup_error_;
+  // Open loop at a steady rate, as traffic from many clients arrives (a
+  // closed loop would resend each refusal at once, tens of thousands a second).
   std::vector<std::string> bench = {"--rm", "--name", s.name + "-bench"};
   for (const std::string& a : Hardened()) bench.push_back(a);
-  for (const std::string& a :
-       {std::string("--entrypoint"), std::string("/usr/local/bin/attnctl"), Image(),
-        std::string("--target"), LoopbackTarget(s.port), std::string("bench"), std::string("-c"),
-        std::string("8"), std::string("-z"), std::string("10s"), std::string("--lengths"),
-        std::string("16,64"), std::string("--format"), std::string("json")}) {
-    bench.push_back(a);
-  }
+  bench.insert(bench.end(), {"--entrypoint", "/usr/local/bin/attnctl", Image(), "--target",
+                             LoopbackTarget(s.port), "bench", "-c", "8", "--rps", "200", "-z",
+                             "10s", "--lengths", "16,64", "--format", "json"});
   auto client = ChildProcess::Start(engine_->RunArgv(bench));
   ASSERT_TRUE(client.ok()) << client.status();
   // Stop once the load is well under way.
