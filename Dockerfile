@@ -20,7 +20,7 @@ WORKDIR /src
 # .dockerignore lets only the sources of the binaries and the models in.
 COPY . .
 # Without tests, `all` is just the two binaries and their libraries, built in
-# one parallel make (a --target list would build them one after the other).
+# one parallel make (naming the two targets would build one after the other).
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DATTNSERVE_BUILD_TESTS=OFF \
  && cmake --build build -j"$(nproc)"
 # The revision (the context has no .git) is stamped after the long compile, so

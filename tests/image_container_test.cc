@@ -95,6 +95,18 @@ struct Server {
   int port = 0, metrics_port = 0;
 };
 
+// Removes container `name` (running or not) when it goes out of scope, so a
+// failing test leaves none behind.
+class Removal {
+ public:
+  Removal(const Engine* engine, std::string name) : engine_(engine), name_(std::move(name)) {}
+  ~Removal() { engine_->Run({"rm", "-f", name_}); }
+
+ private:
+  const Engine* engine_;
+  std::string name_;
+};
+
 class ImageTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -294,6 +306,7 @@ TEST_F(ImageTest, VersionLabelsAndHealthcheck) {
 TEST_F(ImageTest, ServesAMountedModelRepository) {
   Server models = Start("models", {"-v", dir_ + "/repository:/models:ro", "-e",
                                    "ATTNSERVE_MODEL_REPOSITORY=/models"});
+  Removal removal(engine_, models.name);
   ASSERT_NE(models.port, 0) << setup_error_;
   auto stub = v1::Attention::NewStub(LoopbackChannel(models.port));
   grpc::ClientContext context;
@@ -311,7 +324,6 @@ TEST_F(ImageTest, ServesAMountedModelRepository) {
     ASSERT_TRUE(CallAttend(*stub, request, &reply).ok());
     EXPECT_TRUE(oracle.Matches("mha_plain", request, reply)) << "variant " << variant;
   }
-  engine_->Run({"rm", "-f", models.name});
 }
 
 // The value of the series `series` (name and labels, exactly as exposed).
@@ -322,6 +334,7 @@ double SeriesValue(const std::string& exposition, const std::string& series) {
 
 TEST_F(ImageTest, StopDuringABenchDrainsAndExitsZero) {
   Server s = Start("drain", {});
+  Removal removal(engine_, s.name), bench_removal(engine_, s.name + "-bench");
   ASSERT_NE(s.port, 0) << setup_error_;
   // Open loop at a steady rate, as traffic from many clients arrives (a
   // closed loop would resend each refusal at once, tens of thousands a second).
@@ -360,7 +373,6 @@ TEST_F(ImageTest, StopDuringABenchDrainsAndExitsZero) {
   }
   EXPECT_EQ(answered, report["calls"].get<uint64_t>());
   EXPECT_GE(report["ok"].get<uint64_t>(), 20u);
-  engine_->Run({"rm", "-f", s.name, s.name + "-bench"});
 }
 
 }  // namespace
