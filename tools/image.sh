@@ -65,26 +65,27 @@ run_args() {
 }
 
 # "podman" or "podman --runtime runc": the default runtime when it can start
-# `image` (running `command...`), else runc when that can. Fails, printing
-# the engine's errors, when neither can.
+# `image` (running `command [args...]`), else runc (installed from Debian when
+# missing) when that can. Fails, printing the engine's errors, when neither can.
 engine_command() {
-  engine=$1 image=$2
-  shift 2
+  engine=$1 image=$2 entrypoint=$3
+  shift 3
   [ "$engine" = podman ] || { echo docker; return 0; }
   # shellcheck disable=SC2046  # run_args is a list of words
-  if err=$(podman run --rm $(run_args podman) --network none --entrypoint "$1" "$image" \
-             "$@" 2>&1 >/dev/null); then
+  if err=$(podman run --rm $(run_args podman) --network none --entrypoint "$entrypoint" \
+             "$image" "$@" 2>&1 >/dev/null); then
     echo podman
     return 0
   fi
-  if command -v runc >/dev/null 2>&1 &&
-     err2=$(podman --runtime runc run --rm $(run_args podman) --network none \
-              --entrypoint "$1" "$image" "$@" 2>&1 >/dev/null); then
+  log "podman's default OCI runtime cannot start a container: $err; trying runc"
+  command -v runc >/dev/null 2>&1 || PKGS=runc SUDO="$SUDO" sh tools/install-deps.sh >&2
+  # shellcheck disable=SC2046
+  if err=$(podman --runtime runc run --rm $(run_args podman) --network none \
+             --entrypoint "$entrypoint" "$image" "$@" 2>&1 >/dev/null); then
     echo "podman --runtime runc"
     return 0
   fi
-  log "podman cannot start a container here. default runtime: $err"
-  log "runc: ${err2:-runc is not installed}"
+  log "podman cannot start a container here, with runc either: $err"
   return 1
 }
 
