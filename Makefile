@@ -10,6 +10,9 @@
 #                rows (Debian's python3-torch on OpenBLAS) and the speed-up table
 #   make bench-serve  deps + build + the serving benchmark (serve_bench)
 #   make golden  regenerate the PyTorch golden fixtures (needs python3-torch)
+#   make image   build the container image attnserve:VERSION and :latest (docker if
+#                its daemon answers, else podman; see tools/image.sh)
+#   make image-test  make image + run it for real (ctest -L image)
 
 BUILD_DIR ?= build
 BUILD_TYPE ?= Release
@@ -38,7 +41,7 @@ DEB_PACKAGES_BENCH := python3-torch python3-numpy libopenblas0-pthread
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps deps-golden deps-bench build run test bench bench-torch bench-serve golden \
-  demo-model clean
+  demo-model clean image image-test
 
 all: build
 
@@ -63,7 +66,7 @@ run: deps
 
 test: deps
 	$(MAKE) build
-	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -LE container $(CTEST_ARGS)
 
 bench: deps
 	$(MAKE) $(BUILD_DIR)/CMakeCache.txt
@@ -87,6 +90,17 @@ golden: deps deps-golden
 
 demo-model:
 	/usr/bin/python3 models/make_demo.py models/demo
+
+image:
+	sh tools/image.sh build
+
+# The image's tests (the container test and the runtime-library check) with
+# the host build they compare against.
+image-test: deps
+	$(MAKE) image
+	$(MAKE) $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target image_container_test attnserve attnctl
+	cd $(BUILD_DIR) && ctest --output-on-failure -L image $(CTEST_ARGS)
 
 clean:
 	rm -rf $(BUILD_DIR)

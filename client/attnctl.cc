@@ -291,6 +291,8 @@ int Bench(AttentionClient& client, BenchFlags& bench, const RequestFlags& flags)
 int Main(int argc, char** argv) {
   CLI::App app{"attnctl: call attnserve (infer, models, health) and load-test it (bench)."};
   app.require_subcommand(1);
+  // Global flags also after the subcommand (`attnctl health --target H:P`).
+  app.fallthrough();
   ClientOptions options;
   app.add_option("--target", options.target, "server address HOST:PORT, or a gRPC target URI")
       ->envname("ATTNCTL_TARGET")

@@ -18,6 +18,7 @@
 #include "server/options.h"
 #include "server/server.h"
 #include "server/transport_security.h"
+#include "server/version.h"
 
 namespace {
 
@@ -35,8 +36,8 @@ sigset_t BlockShutdownSignals() {
 void LogStartup(const attnserve::server::AttnServer& server,
                 const attnserve::server::ServerOptions& o) {
   using attnserve::core::ToString;
-  spdlog::info("attnserve starting: oneDNN ISA {}, {} engine thread(s) per batch",
-               attnserve::core::OneDnnEngine::IsaName(),
+  spdlog::info("{} starting: oneDNN ISA {}, {} engine thread(s) per batch",
+               attnserve::server::VersionString(), attnserve::core::OneDnnEngine::IsaName(),
                o.threads > 0 ? std::to_string(o.threads)
                              : absl::StrCat(attnserve::server::AvailableCpus(), " (all available)"));
   for (const auto& m : server.registry().models()) {

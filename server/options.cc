@@ -11,6 +11,8 @@
 #include <string>
 #include <thread>
 
+#include "server/version.h"
+
 namespace attnserve::server {
 namespace {
 
@@ -212,11 +214,16 @@ absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions
   Flag(app, "max-connection-age-ms", o.max_connection_age_ms,
        "Close client connections gracefully after this age so they rebalance (0 = never)");
   AddSecurityFlags(app, o.security);
+  app.set_version_flag("--version", VersionString(), "Print the version and git revision, exit");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
     *exit_now = true;
     *help = app.help();
+    return absl::OkStatus();
+  } catch (const CLI::CallForVersion& e) {
+    *exit_now = true;
+    *help = std::string(e.what()) + "\n";
     return absl::OkStatus();
   } catch (const CLI::ParseError& e) {
     return absl::InvalidArgumentError(e.what());

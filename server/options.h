@@ -75,7 +75,7 @@ int64_t MemoryLimitFromCgroup(const std::string& value);
 
 // Parses argv and the environment. Returns OK with *options filled, or an
 // error: INVALID_ARGUMENT with the message to print for a bad flag or value.
-// --help: *exit_now is set and *help receives the text to print.
+// --help, --version: *exit_now is set and *help receives the text to print.
 absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions* options,
                                 bool* exit_now, std::string* help);
 

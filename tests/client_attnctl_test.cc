@@ -211,6 +211,15 @@ TEST_F(AttnctlTest, HealthExitCodesWorkAsAProbe) {
   EXPECT_THAT(run.output, HasSubstr("UNAVAILABLE"));
 }
 
+TEST_F(AttnctlTest, GlobalFlagsWorkAfterTheSubcommand) {
+  const RunResult run =
+      RunToExit({ATTNCTL_BINARY, "health", "--service", kModel, "--target",
+                 LoopbackTarget(server_->port()), "--deadline-ms", "5000", "--retries", "0"},
+                {}, std::chrono::seconds(60));
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("SERVING"));
+}
+
 TEST_F(AttnctlTest, ModelsListsTheRepository) {
   const RunResult run = Attnctl({"models"});
   ASSERT_EQ(run.exit_code, 0) << run.output;

@@ -245,8 +245,9 @@ class ManifestTest(unittest.TestCase):
         pod = self.pod["spec"]
         self.assertIs(pod["securityContext"]["runAsNonRoot"], True)
         with open(os.path.join(util.REPO, "Dockerfile")) as f:
-            uid = re.search(r"^USER (\d+)", f.read(), re.M).group(1)
+            uid, gid = re.search(r"^USER (\d+):(\d+)", f.read(), re.M).groups()
         self.assertEqual(pod["securityContext"]["runAsUser"], int(uid))
+        self.assertEqual(pod["securityContext"]["runAsGroup"], int(gid))
         sc = self.container["securityContext"]
         self.assertIs(sc["readOnlyRootFilesystem"], True)
         self.assertIs(sc["allowPrivilegeEscalation"], False)
@@ -260,6 +261,12 @@ class ManifestTest(unittest.TestCase):
     def test_image_placeholder_is_rewritten_by_kustomize(self):
         (image,) = self.kustomization["images"]
         self.assertEqual(image["name"], self.container["image"])
+        # The names `make image` produces: attnserve:VERSION (and :latest).
+        self.assertEqual(self.container["image"], "attnserve")
+        self.assertEqual(image["newName"].rsplit("/", 1)[-1], "attnserve")
+        with open(os.path.join(util.REPO, "CMakeLists.txt")) as f:
+            version = re.search(r"project\(attnserve VERSION ([0-9.]+)", f.read()).group(1)
+        self.assertEqual(image["newTag"], version)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def flag_env_names_from_help(binary):
     code, out = run([binary, "--help"], timeout=30)
     if code != 0:
         raise AssertionError(f"{binary} --help exited {code}:\n{out}")
-    flags = set(re.findall(r"^\s*--([a-z0-9-]+)", out, re.M)) - {"help"}
+    flags = set(re.findall(r"^\s*--([a-z0-9-]+)", out, re.M)) - {"help", "version"}
     return {"ATTNSERVE_" + f.upper().replace("-", "_") for f in flags}
 
 
