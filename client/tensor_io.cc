@@ -110,7 +110,9 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
                                   too_big ? "more" : absl::StrCat(4 * count)));
   }
   array.data.resize(count);
-  std::memcpy(array.data.data(), bytes.data() + data_at, 4 * count);
+  // An empty vector's data() may be null, which memcpy must not get even for
+  // 0 bytes (UBSan: nonnull-attribute).
+  if (count > 0) std::memcpy(array.data.data(), bytes.data() + data_at, 4 * count);
   return array;
 }
 
