@@ -13,6 +13,13 @@
 #   make image   build the container image attnserve:VERSION and :latest (docker if
 #                its daemon answers, else podman; see tools/image.sh)
 #   make image-test  make image + run it for real (ctest -L image)
+#   make asan    every ctest suite built with ASan + UBSan, in $(ASAN_DIR)
+#   make tsan    the server, batcher, client and e2e suites under ThreadSanitizer,
+#                in $(TSAN_DIR)
+#   make fuzz    each libFuzzer target of tests/fuzz for FUZZ_SECONDS seconds
+#                (clang, in $(FUZZ_DIR)); prints executions per target
+#   make check   test + asan + tsan + fuzz (FUZZ_SECONDS=60): what .ci/run calls
+#   make soak    a real attnserve under mixed load for SOAK_SECONDS; RSS and fds
 
 BUILD_DIR ?= build
 BUILD_TYPE ?= Release
@@ -37,11 +44,14 @@ DEB_PACKAGES_GOLDEN := python3-torch python3-numpy
 # the libblas.so.3 alternative that Debian's PyTorch links (instead of the
 # reference BLAS); bench/torch_mha.py checks that it is really in use.
 DEB_PACKAGES_BENCH := python3-torch python3-numpy libopenblas0-pthread
+# For `make fuzz` (and so `make check`): clang with libFuzzer and the OpenMP
+# runtime clang's -fopenmp links.
+DEB_PACKAGES_FUZZ := clang-14 libfuzzer-14-dev libclang-rt-14-dev libomp-14-dev
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps deps-golden deps-bench build run test bench bench-torch bench-serve golden \
-  demo-model clean image image-test
+.PHONY: all deps deps-golden deps-bench deps-fuzz build run test bench bench-torch bench-serve \
+  golden demo-model clean image image-test asan tsan fuzz check soak
 
 all: build
 
@@ -53,6 +63,9 @@ deps-golden:
 
 deps-bench:
 	@PKGS="$(DEB_PACKAGES_BENCH)" SUDO="$(SUDO)" sh tools/install-deps.sh
+
+deps-fuzz:
+	@PKGS="$(DEB_PACKAGES_FUZZ)" SUDO="$(SUDO)" sh tools/install-deps.sh
 
 $(BUILD_DIR)/CMakeCache.txt:
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
@@ -102,5 +115,62 @@ image-test: deps
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target image_container_test attnserve attnctl
 	cd $(BUILD_DIR) && ctest --output-on-failure -L image $(CTEST_ARGS)
 
+# ---- Sanitizers, fuzzing, soak (what `make check` runs). ----
+ASAN_DIR ?= build-asan
+TSAN_DIR ?= build-tsan
+FUZZ_DIR ?= build-fuzz
+# -O2 -g: sanitizer reports with line numbers at a usable speed.
+SAN_BUILD_TYPE ?= RelWithDebInfo
+FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 600
+# ASan + UBSan: any report fails the test (halt_on_error, exit code 1); leaks
+# are checked at exit.
+ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=0 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# TSan: OMP_THREAD_LIMIT=1 keeps every OpenMP region (ours and oneDNN's) on
+# the calling thread, because Debian's libgomp is not instrumented and its
+# barriers would look like races; tests/tsan.supp lists the remaining reports
+# that come from uninstrumented libraries, each with its reason.
+TSAN_ENV := TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
+  OMP_THREAD_LIMIT=1
+TSAN_LABELS ?= server|client|e2e
+# The executables those labels run (not the core suites or the benchmarks).
+TSAN_TARGETS = attnserve attnctl $(basename $(notdir $(wildcard \
+  tests/server_*_test.cc tests/client_*_test.cc tests/e2e_*_test.cc)))
+
+$(ASAN_DIR)/CMakeCache.txt:
+	cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=$(SAN_BUILD_TYPE) -DATTN_SANITIZE=address,undefined
+
+$(TSAN_DIR)/CMakeCache.txt:
+	cmake -S . -B $(TSAN_DIR) -DCMAKE_BUILD_TYPE=$(SAN_BUILD_TYPE) -DATTN_SANITIZE=thread
+
+$(FUZZ_DIR)/CMakeCache.txt:
+	CXX=clang++-14 cmake -S . -B $(FUZZ_DIR) -DCMAKE_BUILD_TYPE=$(SAN_BUILD_TYPE) -DATTN_FUZZ=ON
+
+asan: deps
+	$(MAKE) $(ASAN_DIR)/CMakeCache.txt
+	cmake --build $(ASAN_DIR) -j $(JOBS)
+	cd $(ASAN_DIR) && $(ASAN_ENV) ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+tsan: deps
+	$(MAKE) $(TSAN_DIR)/CMakeCache.txt
+	cmake --build $(TSAN_DIR) -j $(JOBS) --target $(TSAN_TARGETS)
+	cd $(TSAN_DIR) && $(TSAN_ENV) ctest --output-on-failure -j $(JOBS) -L '$(TSAN_LABELS)' $(CTEST_ARGS)
+
+fuzz: deps deps-fuzz
+	$(MAKE) $(FUZZ_DIR)/CMakeCache.txt
+	cmake --build $(FUZZ_DIR) -j $(JOBS) --target fuzz_all
+	sh tests/fuzz/run.sh $(FUZZ_DIR) $(FUZZ_SECONDS)
+
+check:
+	$(MAKE) test
+	$(MAKE) asan
+	$(MAKE) tsan
+	$(MAKE) fuzz FUZZ_SECONDS=60
+
+soak: deps
+	$(MAKE) build
+	$(BUILD_DIR)/bench/soak --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
+
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) $(ASAN_DIR) $(TSAN_DIR) $(FUZZ_DIR)

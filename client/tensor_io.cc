@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace attnserve::client {
@@ -83,20 +84,35 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
   }
   NpyArray array;
   std::stringstream dims(shape_text.substr(1, shape_text.size() - 2));
+  const size_t data_at = offset + header_len;
+  const uint64_t max_count = (bytes.size() - data_at) / 4;  // what the file can hold
   uint64_t count = 1;
+  bool too_big = false;   // the product exceeds max_count (count may have wrapped)
+  bool has_zero = false;  // a zero dimension: no data, whatever the others
   for (std::string dim; std::getline(dims, dim, ',');) {
     if (dim.empty()) continue;
-    const uint64_t n = std::stoull(dim);
+    uint64_t n = 0;
+    if (!absl::SimpleAtoi(dim, &n)) {
+      return Bad(path, absl::StrCat("unreadable shape ", shape_text, " in the .npy header"));
+    }
     array.shape.push_back(n);
+    if (n == 0) has_zero = true;
+    if (n != 0 && count > max_count / n) too_big = true;
     count *= n;
   }
-  const size_t data_at = offset + header_len;
-  if (count > (bytes.size() - data_at) / 4 || bytes.size() - data_at != 4 * count) {
+  if (has_zero) {
+    too_big = false;
+    count = 0;
+  }
+  if (too_big || bytes.size() - data_at != 4 * count) {
     return Bad(path, absl::StrCat("holds ", bytes.size() - data_at, " bytes of data; its shape ",
-                                  shape_text, " needs ", 4 * count));
+                                  shape_text, " needs ",
+                                  too_big ? "more" : absl::StrCat(4 * count)));
   }
   array.data.resize(count);
-  std::memcpy(array.data.data(), bytes.data() + data_at, 4 * count);
+  // An empty vector's data() may be null, which memcpy must not get even for
+  // 0 bytes (UBSan: nonnull-attribute).
+  if (count > 0) std::memcpy(array.data.data(), bytes.data() + data_at, 4 * count);
   return array;
 }
 
@@ -139,6 +155,11 @@ absl::Status SetInput(const NpyArray& matrix, v1::AttendRequest* request) {
   if (matrix.shape.size() != 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         "input must be 2-D (rows x d_model); has ", matrix.shape.size(), " dimensions"));
+  }
+  if (matrix.shape[0] > UINT32_MAX || matrix.shape[1] > UINT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("input shape (", matrix.shape[0], ", ",
+                                                   matrix.shape[1],
+                                                   ") does not fit the wire's uint32 rows/cols"));
   }
   v1::Matrix* input = request->mutable_input();
   input->set_rows(static_cast<uint32_t>(matrix.shape[0]));
