@@ -9,6 +9,7 @@
 #   make bench-torch  deps + core_bench + PyTorch's nn.MultiheadAttention on the same
 #                rows (Debian's python3-torch on OpenBLAS) and the speed-up table
 #   make bench-serve  deps + build + the serving benchmark (serve_bench)
+#   make bench-serve-tls  deps + build + what TLS, mTLS and tokens cost (serve_bench --tls --token)
 #   make golden  regenerate the PyTorch golden fixtures (needs python3-torch)
 
 BUILD_DIR ?= build
@@ -24,6 +25,9 @@ DEB_PACKAGES := \
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
   libspdlog-dev prometheus-cpp-dev libcli11-dev \
   python3-yaml python3-kubernetes python3-grpcio python3-protobuf
+# OpenSSL: RAND_bytes and SHA-256 for `attnctl token`; the openssl command makes
+# the throwaway certificates of the TLS tests and of `serve_bench --tls`.
+DEB_PACKAGES += libssl-dev openssl
 # kubectl for `kubectl kustomize` in the deploy tests: Debian's, unless a
 # kubectl is already installed (e.g. the Google Cloud SDK's, whose package owns
 # /usr/bin/kubectl too, so installing both would fail).
@@ -81,6 +85,11 @@ bench-torch: deps deps-bench
 bench-serve: deps
 	$(MAKE) build
 	$(BUILD_DIR)/bench/serve_bench --seconds 5
+
+.PHONY: bench-serve-tls
+bench-serve-tls: deps
+	$(MAKE) build
+	$(BUILD_DIR)/bench/serve_bench --tls --token --seconds 5 --rounds 3
 
 golden: deps deps-golden
 	/usr/bin/python3 tests/golden/export_golden.py
