@@ -4,6 +4,7 @@
 
 #include <sched.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -53,6 +54,28 @@ absl::Status Validate(const ServerOptions& o) {
                                       "; was " + std::to_string(bound.value));
   }
   return absl::OkStatus();
+}
+
+// --tls-*, --auth-tokens, --authz-policy, --health-port, --reflection.
+void AddSecurityFlags(CLI::App& app, SecurityOptions& s) {
+  Flag(app, "tls-cert", s.tls_cert_path,
+       "PEM server certificate chain; with --tls-key turns on TLS (re-read every --tls-refresh-s)");
+  Flag(app, "tls-key", s.tls_key_path, "PEM private key of --tls-cert");
+  Flag(app, "tls-client-ca", s.tls_client_ca_path,
+       "PEM CA bundle: require client certificates signed by it (mTLS)");
+  Flag(app, "tls-refresh-s", s.tls_refresh_s,
+       "Seconds between checks of the certificate files for a renewed certificate");
+  Flag(app, "auth-tokens", s.auth_tokens_path,
+       "Bearer token file, lines 'PRINCIPAL SHA256_HEX' (attnctl token makes one); "
+       "calls need 'authorization: Bearer TOKEN'");
+  Flag(app, "authz-policy", s.authz_policy_path,
+       "Authorization policy JSON (a subset of gRPC's): which principal may call which method");
+  Flag(app, "health-port", s.health_port,
+       "Plaintext port serving only grpc.health.v1.Health, for probes (0 = off)");
+  app.add_flag("--reflection,!--no-reflection", s.reflection,
+               "Serve gRPC server reflection (--reflection=false turns it off)")
+      ->envname("ATTNSERVE_REFLECTION")
+      ->capture_default_str();
 }
 
 }  // namespace
@@ -106,7 +129,13 @@ absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions
   app.option_defaults()->always_capture_default();
   Flag(app, "host", o.host, "Address the gRPC server listens on");
   Flag(app, "port", o.port, "gRPC port (0 = any free port, logged at startup)");
-  Flag(app, "metrics-host", o.metrics_host, "Address the /metrics endpoint listens on");
+  // --metrics-host is the old name of --metrics-address; both are accepted.
+  if (const char* old = std::getenv("ATTNSERVE_METRICS_HOST"); old != nullptr) o.metrics_host = old;
+  app.add_option("--metrics-address,--metrics-host", o.metrics_host,
+                 "Address the /metrics endpoint listens on (e.g. 127.0.0.1 or the pod IP); "
+                 "--metrics-host is the old name")
+      ->envname("ATTNSERVE_METRICS_ADDRESS")
+      ->capture_default_str();
   Flag(app, "metrics-port", o.metrics_port, "Prometheus metrics port, GET /metrics (0 = off)");
   Flag(app, "model-repository", o.model_repository,
        "Directory holding one directory per model (config.json + weights.safetensors)");
@@ -130,6 +159,7 @@ absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions
        "On SIGTERM/SIGINT: time allowed to answer accepted requests before exiting");
   Flag(app, "max-connection-age-ms", o.max_connection_age_ms,
        "Close client connections gracefully after this age so they rebalance (0 = never)");
+  AddSecurityFlags(app, o.security);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -138,6 +168,10 @@ absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions
     return absl::OkStatus();
   } catch (const CLI::ParseError& e) {
     return absl::InvalidArgumentError(e.what());
+  }
+  if (absl::Status s = ValidateSecurityOptions(o.security); !s.ok()) return s;
+  if (o.security.health_port != 0 && o.security.health_port == o.port) {
+    return absl::InvalidArgumentError("--health-port must differ from --port");
   }
   return Validate(o);
 }

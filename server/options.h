@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "server/batcher.h"
+#include "server/security_options.h"
 
 namespace attnserve::server {
 
@@ -17,6 +18,8 @@ struct ServerOptions {
   std::string host = "0.0.0.0";  // address the gRPC server listens on
   int port = 50051;              // gRPC port; 0 = any free port
   int metrics_port = 9090;       // Prometheus /metrics port; 0 = off
+  // Address the /metrics endpoint listens on (--metrics-address, also
+  // accepted as --metrics-host / ATTNSERVE_METRICS_HOST).
   std::string metrics_host = "0.0.0.0";
   // Directory of model directories (NAME/config.json + weights.safetensors).
   std::string model_repository;
@@ -32,6 +35,8 @@ struct ServerOptions {
   // Connections are closed (gracefully) after this age so clients re-resolve
   // and rebalance after scale-out; 0 = never.
   int64_t max_connection_age_ms = 0;
+  // TLS, mTLS, tokens, authorization policy, health port, reflection.
+  SecurityOptions security;
 };
 
 // The model repository used when --model-repository is not given: the

@@ -1,7 +1,9 @@
 #include "server/server.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 #include <spdlog/spdlog.h>
@@ -9,8 +11,53 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "server/transport_security.h"
 
 namespace attnserve::server {
+namespace {
+
+// Server reflection on one server only (not gRPC's global plugin, which
+// would also put it on the health-only port): removes the plugin if a
+// global registration added it, then adds it back when `on`.
+class ReflectionOption final : public grpc::ServerBuilderOption {
+ public:
+  explicit ReflectionOption(bool on) : on_(on) {}
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    std::erase_if(*plugins, [](const auto& p) { return p->name() == "proto_server_reflection"; });
+    if (on_) plugins->push_back(std::make_unique<grpc::reflection::ProtoServerReflectionPlugin>());
+  }
+
+ private:
+  const bool on_;
+};
+
+}  // namespace
+
+// The plaintext listener of --health-port: grpc.health.v1.Health only (its
+// statuses mirror the main server's), everything else UNIMPLEMENTED.
+absl::Status AttnServer::StartHealthServer() {
+  health_generic_ = std::make_unique<grpc::CallbackGenericService>();  // answers UNIMPLEMENTED
+  grpc::ServerBuilder builder;
+  const std::string address = absl::StrCat(options_.host, ":", options_.security.health_port);
+  int port = 0;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterCallbackGenericService(health_generic_.get());
+  builder.SetOption(std::make_unique<ReflectionOption>(false));
+  health_server_ = builder.BuildAndStart();
+  if (health_server_ == nullptr || port == 0) {
+    return absl::UnavailableError(absl::StrCat("--health-port: cannot listen on ", address,
+                                               " (address in use or not local?)"));
+  }
+  health_port_ = port;
+  return absl::OkStatus();
+}
+
+void AttnServer::SetServing(const std::string& service, bool serving) {
+  for (grpc::Server* s : {server_.get(), health_server_.get()}) {
+    if (s != nullptr) s->GetHealthCheckService()->SetServingStatus(service, serving);
+  }
+}
 
 absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOptions& options) {
   auto s = std::unique_ptr<AttnServer>(new AttnServer());
@@ -26,11 +73,17 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   s->service_ = std::make_unique<AttentionService>(s->registry_.get(), s->metrics_.get(),
                                                    &s->clock_, options.max_message_bytes);
 
+  if (absl::Status tls = CheckTlsFiles(options.security); !tls.ok()) return tls;
+  auto access = AccessControl::Create(options.security, s->metrics_.get(), &s->clock_);
+  if (!access.ok()) return access.status();
+
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(options.host, ":", options.port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(
+      address, MakeServerCredentials(options.security, std::shared_ptr<AccessControl>(*std::move(access))),
+      &s->port_);
+  builder.SetOption(std::make_unique<ReflectionOption>(options.security.reflection));
   builder.RegisterService(s->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
@@ -46,9 +99,11 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
     return absl::UnavailableError(absl::StrCat("cannot listen on ", address,
                                                " (address in use or not local?)"));
   }
-  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
-  health->SetServingStatus("", true);
-  for (const auto& m : s->registry_->models()) health->SetServingStatus(m->name(), true);
+  if (options.security.health_port != 0) {
+    if (absl::Status h = s->StartHealthServer(); !h.ok()) return h;
+  }
+  s->SetServing("", true);
+  for (const auto& m : s->registry_->models()) s->SetServing(m->name(), true);
 
   if (options.metrics_port != 0) {
     auto port = s->metrics_->StartHttp(absl::StrCat(options.metrics_host, ":", options.metrics_port));
@@ -89,6 +144,7 @@ bool AttnServer::Drain() {
   // clients retry elsewhere) until callers have noticed, 5. stop the transport.
   const int64_t drain_start_us = clock_.NowMicros();
   server_->GetHealthCheckService()->SetServingStatus(false);
+  if (health_server_ != nullptr) health_server_->GetHealthCheckService()->SetServingStatus(false);
   service_->StartDraining();
   registry_->BeginDrain();
   drain_result_ = service_->WaitIdle(deadline);
@@ -102,6 +158,10 @@ bool AttnServer::Drain() {
   // short grace period lets finish writing before they are cancelled.
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   server_->Wait();
+  if (health_server_ != nullptr) {  // last: probes see NOT_SERVING until the end
+    health_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
+    health_server_->Wait();
+  }
   return drain_result_;
 }
 

@@ -6,8 +6,13 @@
 
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include <grpcpp/server.h>
+
+namespace grpc {
+class CallbackGenericService;
+}
 
 #include "absl/status/statusor.h"
 #include "server/clock.h"
@@ -29,6 +34,7 @@ class AttnServer {
 
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }
+  int health_port() const { return health_port_; }  // 0: --health-port off
   const ModelRegistry& registry() const { return *registry_; }
   Metrics& metrics() { return *metrics_; }
 
@@ -40,6 +46,9 @@ class AttnServer {
 
  private:
   AttnServer() = default;
+  absl::Status StartHealthServer();
+  // Health of `service` on the main server and the health-only server.
+  void SetServing(const std::string& service, bool serving);
   void LingerWhileRefusing(int64_t drain_start_us,
                            std::chrono::steady_clock::time_point deadline);
 
@@ -51,6 +60,10 @@ class AttnServer {
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   int metrics_port_ = 0;
+  // --health-port: a plaintext server with only grpc.health.v1.Health.
+  std::unique_ptr<grpc::CallbackGenericService> health_generic_;
+  std::unique_ptr<grpc::Server> health_server_;
+  int health_port_ = 0;
 
   std::mutex drain_mu_;
   bool drained_ = false;  // guarded by drain_mu_
