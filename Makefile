@@ -89,7 +89,7 @@ bench-serve: deps
 .PHONY: bench-serve-tls
 bench-serve-tls: deps
 	$(MAKE) build
-	$(BUILD_DIR)/bench/serve_bench --tls --token --seconds 5 --rounds 3
+	$(BUILD_DIR)/bench/serve_bench --tls --token --seconds 5 --rounds 5
 
 golden: deps deps-golden
 	/usr/bin/python3 tests/golden/export_golden.py
