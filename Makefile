@@ -23,7 +23,7 @@ DEB_PACKAGES := \
   libdnnl-dev ocl-icd-opencl-dev libabsl-dev nlohmann-json3-dev \
   libgtest-dev libgmock-dev libbenchmark-dev prometheus \
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
-  libspdlog-dev prometheus-cpp-dev libcli11-dev \
+  libspdlog-dev prometheus-cpp-dev libcli11-dev libssl-dev openssl \
   python3-yaml python3-kubernetes python3-grpcio python3-protobuf
 # OpenSSL: RAND_bytes and SHA-256 for `attnctl token`; the openssl command makes
 # the throwaway certificates of the TLS tests and of `serve_bench --tls`.

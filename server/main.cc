@@ -14,6 +14,7 @@
 #include "server/logging.h"
 #include "server/options.h"
 #include "server/server.h"
+#include "server/transport_security.h"
 
 namespace {
 
@@ -48,6 +49,16 @@ void LogStartup(const attnserve::server::AttnServer& server,
   spdlog::info("batching: max_batch_size={} max_batch_tokens={} max_queue_delay_us={} "
                "max_queue_size={}", o.batching.max_batch_size, o.batching.max_batch_tokens,
                o.batching.max_queue_delay_us, o.batching.max_queue_size);
+  spdlog::info("security: {}", attnserve::server::DescribeSecurity(o.security));
+  if (o.security.tls()) {  // what is presented; never the key
+    auto cert = attnserve::server::DescribeCertificate(o.security.tls_cert_path);
+    spdlog::info("TLS certificate {}: {}", o.security.tls_cert_path,
+                 cert.ok() ? *cert : std::string(cert.status().message()));
+  }
+  if (server.health_port() != 0) {
+    spdlog::info("serving grpc.health.v1.Health only, plaintext, on {}:{} (for probes)", o.host,
+                 server.health_port());
+  }
   spdlog::info("serving gRPC on {}:{}, metrics on {}", o.host, server.port(),
                server.metrics_port() ? o.metrics_host + ":" + std::to_string(server.metrics_port()) +
                                            "/metrics"

@@ -21,6 +21,17 @@ CLI::Option* Flag(CLI::App& app, const std::string& name, T& value, const std::s
   return app.add_option("--" + name, value, help)->envname(env)->capture_default_str();
 }
 
+// Adds the switch --NAME (also --NAME=false, --no-NAME) bound to `value`,
+// also read from ATTNSERVE_<NAME> ("true"/"false").
+CLI::Option* BoolFlag(CLI::App& app, const std::string& name, bool& value,
+                      const std::string& help) {
+  std::string env = "ATTNSERVE_" + name;
+  for (char& c : env) c = c == '-' ? '_' : static_cast<char>(std::toupper(c));
+  return app.add_flag("--" + name + ",!--no-" + name, value, help)
+      ->envname(env)
+      ->capture_default_str();
+}
+
 // An integer flag and the range it must lie in (inclusive).
 struct Bound {
   const char* flag;
@@ -72,10 +83,8 @@ void AddSecurityFlags(CLI::App& app, SecurityOptions& s) {
        "Authorization policy JSON (a subset of gRPC's): which principal may call which method");
   Flag(app, "health-port", s.health_port,
        "Plaintext port serving only grpc.health.v1.Health, for probes (0 = off)");
-  app.add_flag("--reflection,!--no-reflection", s.reflection,
-               "Serve gRPC server reflection (--reflection=false turns it off)")
-      ->envname("ATTNSERVE_REFLECTION")
-      ->capture_default_str();
+  BoolFlag(app, "reflection", s.reflection,
+           "Serve gRPC server reflection (--reflection=false or --no-reflection turns it off)");
 }
 
 }  // namespace
@@ -131,11 +140,10 @@ absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions
   Flag(app, "port", o.port, "gRPC port (0 = any free port, logged at startup)");
   // --metrics-host is the old name of --metrics-address; both are accepted.
   if (const char* old = std::getenv("ATTNSERVE_METRICS_HOST"); old != nullptr) o.metrics_host = old;
-  app.add_option("--metrics-address,--metrics-host", o.metrics_host,
-                 "Address the /metrics endpoint listens on (e.g. 127.0.0.1 or the pod IP); "
-                 "--metrics-host is the old name")
-      ->envname("ATTNSERVE_METRICS_ADDRESS")
-      ->capture_default_str();
+  Flag(app, "metrics-address", o.metrics_host,
+       "Address the /metrics endpoint listens on (e.g. 127.0.0.1 or the pod IP); "
+       "--metrics-host is the old name");
+  app.add_option("--metrics-host", o.metrics_host)->group("");  // hidden: the old name
   Flag(app, "metrics-port", o.metrics_port, "Prometheus metrics port, GET /metrics (0 = off)");
   Flag(app, "model-repository", o.model_repository,
        "Directory holding one directory per model (config.json + weights.safetensors)");

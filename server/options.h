@@ -1,4 +1,4 @@
-// ServerOptions: every flag of the attnserve binary (DESIGN.md, "Serving"),
+// ServerOptions: every flag of the attnserve binary (README.md, "Flags"),
 // each also readable from ATTNSERVE_<FLAG> (upper case, dashes as
 // underscores); a command-line flag wins over its environment variable. A
 // plain value type.

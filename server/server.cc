@@ -74,6 +74,7 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
                                                    &s->clock_, options.max_message_bytes);
 
   if (absl::Status tls = CheckTlsFiles(options.security); !tls.ok()) return tls;
+  s->cert_log_watcher_ = WatchCertificateForLog(options.security, &s->clock_);
   auto access = AccessControl::Create(options.security, s->metrics_.get(), &s->clock_);
   if (!access.ok()) return access.status();
 
@@ -159,7 +160,9 @@ bool AttnServer::Drain() {
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   server_->Wait();
   if (health_server_ != nullptr) {  // last: probes see NOT_SERVING until the end
-    health_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
+    // Probes make short unary calls; this bounds one that is mid-flight.
+    constexpr auto kHealthShutdownGrace = std::chrono::milliseconds(100);
+    health_server_->Shutdown(std::chrono::system_clock::now() + kHealthShutdownGrace);
     health_server_->Wait();
   }
   return drain_result_;

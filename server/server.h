@@ -16,6 +16,7 @@ class CallbackGenericService;
 
 #include "absl/status/statusor.h"
 #include "server/clock.h"
+#include "server/file_watcher.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
 #include "server/options.h"
@@ -64,6 +65,7 @@ class AttnServer {
   std::unique_ptr<grpc::CallbackGenericService> health_generic_;
   std::unique_ptr<grpc::Server> health_server_;
   int health_port_ = 0;
+  std::unique_ptr<FileWatcher> cert_log_watcher_;  // logs certificate renewals
 
   std::mutex drain_mu_;
   bool drained_ = false;  // guarded by drain_mu_

@@ -8,6 +8,8 @@
 
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "absl/strings/str_cat.h"
 #include "server/file_watcher.h"
 
@@ -170,6 +172,23 @@ absl::StatusOr<std::string> DescribeCertificate(const std::string& path) {
   char* data = nullptr;
   const long size = BIO_get_mem_data(out.get(), &data);
   return absl::StrCat("subject ", std::string(data, static_cast<size_t>(size)));
+}
+
+std::unique_ptr<FileWatcher> WatchCertificateForLog(const SecurityOptions& options,
+                                                    Clock* clock) {
+  if (!options.tls()) return nullptr;
+  const std::string path = options.tls_cert_path;
+  return std::make_unique<FileWatcher>(
+      path, options.tls_refresh_s * 1'000'000, clock,
+      [path](const absl::StatusOr<std::string>& contents) {
+        auto described = contents.ok() ? DescribeCertificate(path) : contents.status();
+        if (described.ok()) {
+          spdlog::info("TLS certificate {} changed: {}", path, *described);
+        } else {
+          spdlog::error("TLS certificate {} changed but is not usable (new connections keep the "
+                        "previous one): {}", path, std::string(described.status().message()));
+        }
+      });
 }
 
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(

@@ -15,6 +15,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "server/access_control.h"
+#include "server/clock.h"
+#include "server/file_watcher.h"
 #include "server/security_options.h"
 
 namespace attnserve::server {
@@ -27,6 +29,11 @@ absl::Status CheckTlsFiles(const SecurityOptions& options);
 // "subject CN=localhost,O=..., serial 1001, expires 2026-11-27 15:00:00 UTC"
 // for the first certificate of a PEM file (no key material).
 absl::StatusOr<std::string> DescribeCertificate(const std::string& path);
+
+// Logs "TLS certificate FILE changed: subject ..., serial ..., expires ..."
+// whenever --tls-cert is rewritten (checked every tls_refresh_s, like gRPC's
+// own watcher, which logs nothing when a renewal succeeds). Null without TLS.
+std::unique_ptr<FileWatcher> WatchCertificateForLog(const SecurityOptions& options, Clock* clock);
 
 // Credentials for ServerBuilder::AddListeningPort. `access` may be null (no
 // tokens, no policy); otherwise it checks every call and is kept alive as

@@ -3,6 +3,9 @@
 // mTLS (missing, foreign-CA and expired client certificates refused),
 // certificate rotation, bearer tokens, the authorization policy, health and
 // reflection without credentials, the health-only port, auth metrics.
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <atomic>
 #include <fstream>
 #include <thread>
@@ -353,6 +356,70 @@ TEST_F(SecurityTest, BadSecurityFilesFailStartupNamingTheFile) {
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.status().message()), HasSubstr("policy.json"));
   EXPECT_THAT(std::string(s.status().message()), HasSubstr("not valid JSON"));
+}
+
+std::vector<std::string> BinaryArgs(const std::vector<std::string>& extra) {
+  std::vector<std::string> argv = {ATTNSERVE_BINARY, "--host", "127.0.0.1", "--port", "0",
+                                   "--metrics-port", "0", "--model-repository",
+                                   GoldenRepository()};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
+
+TEST_F(SecurityTest, BinaryUnderMtlsAndTokensLogsTheModeNotSecretsAndDrainsToExitZero) {
+  const std::string token = "s3cret-token-value-42";
+  WriteFile(pki_.Path("tokens"), "client-a " + Sha256Hex(token) + "\n");
+  const int health_port = FreeLoopbackPort();
+  WriteFile(pki_.Path("live.pem"), pki_.Read("server.pem"));
+  WriteFile(pki_.Path("live.key"), pki_.Read("server.key"));
+  auto child = ChildProcess::Start(BinaryArgs(
+      {"--tls-cert", pki_.Path("live.pem"), "--tls-key", pki_.Path("live.key"),
+       "--tls-client-ca", pki_.Path("ca.pem"), "--tls-refresh-s", "1", "--auth-tokens",
+       pki_.Path("tokens"), "--health-port", std::to_string(health_port)}));
+  ASSERT_TRUE(child.ok()) << child.status();
+  ChildProcess& server = **child;
+  const std::string needle = "serving gRPC on 127.0.0.1:";
+  const auto line = server.WaitForLine(needle, std::chrono::seconds(30));
+  ASSERT_TRUE(line.has_value()) << server.output();
+  const int port = std::atoi(line->c_str() + line->find(needle) + needle.size());
+  EXPECT_THAT(server.output(), HasSubstr("security: mTLS (client certificates required"));
+  EXPECT_THAT(server.output(), HasSubstr("bearer tokens on"));
+  EXPECT_THAT(server.output(), HasSubstr("serial 1001"));
+  auto channel = ClientChannel(port, "client-a");
+  EXPECT_TRUE(Attend(channel, token).ok());
+  EXPECT_EQ(Attend(channel, token + "x").error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  grpc::StatusCode code;
+  auto probe = LoopbackChannel(health_port);
+  EXPECT_EQ(Health(probe, &code), 1);
+  // A renewal is logged with the new serial.
+  ReplaceFile(pki_.Path("live.key"), pki_.Read("server2.key"));
+  ReplaceFile(pki_.Path("live.pem"), pki_.Read("server2.pem"));
+  EXPECT_TRUE(server.WaitForLine("live.pem changed: subject CN=localhost,O=attnserve test, "
+                                 "serial 1002", std::chrono::seconds(10)).has_value())
+      << server.output();
+
+  server.Signal(SIGTERM);
+  const auto status = server.WaitExit(std::chrono::seconds(30));
+  ASSERT_TRUE(status.has_value()) << server.output();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << server.output();
+  const std::string output = server.WaitOutputEnd(std::chrono::seconds(5));
+  EXPECT_THAT(output, Not(HasSubstr(token)));
+  EXPECT_THAT(output, Not(HasSubstr(Sha256Hex(token))));
+  EXPECT_THAT(output, Not(HasSubstr("PRIVATE KEY")));
+}
+
+TEST_F(SecurityTest, BinaryExitsTwoOnABadTokenFileOrPolicyNamingIt) {
+  WriteFile(pki_.Path("tokens"), "# header\nclient-a plain-token-not-a-hash\n");
+  RunResult r = RunToExit(BinaryArgs({"--auth-tokens", pki_.Path("tokens")}), {},
+                          std::chrono::seconds(30));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(pki_.Path("tokens") + ":2:"));
+  EXPECT_THAT(r.output, Not(HasSubstr("plain-token-not-a-hash")));
+  WriteFile(pki_.Path("policy.json"), R"({"name": "p", "allow_rules": [{"name": 3}]})");
+  r = RunToExit(BinaryArgs({"--authz-policy", pki_.Path("policy.json")}), {},
+                std::chrono::seconds(30));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(pki_.Path("policy.json") + ": allow_rules[0]: 'name'"));
 }
 
 }  // namespace
