@@ -25,9 +25,6 @@ DEB_PACKAGES := \
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
   libspdlog-dev prometheus-cpp-dev libcli11-dev libssl-dev openssl \
   python3-yaml python3-kubernetes python3-grpcio python3-protobuf
-# OpenSSL: RAND_bytes and SHA-256 for `attnctl token`; the openssl command makes
-# the throwaway certificates of the TLS tests and of `serve_bench --tls`.
-DEB_PACKAGES += libssl-dev openssl
 # kubectl for `kubectl kustomize` in the deploy tests: Debian's, unless a
 # kubectl is already installed (e.g. the Google Cloud SDK's, whose package owns
 # /usr/bin/kubectl too, so installing both would fail).

@@ -153,7 +153,7 @@ class TlsOverlayTest(unittest.TestCase):
 
     def test_token_file_and_policy_are_well_formed(self):
         secret = self.by_key[("Secret", "attnserve-auth-tokens")]
-        text = base64.b64decode(secret["data"]["auth-tokens"]).decode()
+        text = base64.b64decode(secret["data"]["tokens"]).decode()
         for line in text.splitlines():
             if line.strip() and not line.startswith("#"):
                 principal, digest = line.split()
@@ -184,15 +184,15 @@ class TlsOverlayTest(unittest.TestCase):
                                  timeout=120)
             self.assertEqual(code, 0, out)
             moved = {}  # the mounted paths, moved into tmp
-            for path in ("/etc/attnserve/tls", "/etc/attnserve/auth", "/etc/attnserve/authz"):
+            for path in ("/etc/attnserve/tls", "/etc/attnserve/auth", "/etc/attnserve/policy"):
                 moved[path] = os.path.join(tmp, os.path.basename(path))
                 os.makedirs(moved[path])
             shutil.copy(os.path.join(tmp, "server.pem"), moved["/etc/attnserve/tls"] + "/tls.crt")
             shutil.copy(os.path.join(tmp, "server.key"), moved["/etc/attnserve/tls"] + "/tls.key")
-            tokens = moved["/etc/attnserve/auth"] + "/auth-tokens"
+            tokens = moved["/etc/attnserve/auth"] + "/tokens"
             shutil.copy(os.path.join(OVERLAY, "auth-tokens"), tokens)
             shutil.copy(os.path.join(OVERLAY, "authz-policy.json"),
-                        moved["/etc/attnserve/authz"] + "/policy.json")
+                        moved["/etc/attnserve/policy"] + "/policy.json")
             proc = subprocess.run([ATTNCTL, "token", "--principal", "svc-a", "--file", tokens],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   timeout=30)
