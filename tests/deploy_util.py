@@ -91,8 +91,6 @@ def flag_env_names_from_source():
     with open(os.path.join(REPO, "server", "options.cc")) as f:
         text = f.read()
     flags = re.findall(r'Flag\(app,\s*"([a-z0-9-]+)"', text)
-    # Flags declared with CLI11 directly (aliases, negations): the first name.
-    flags += re.findall(r'add_(?:option|flag)\(\s*"--([a-z0-9-]+)', text)
     return {"ATTNSERVE_" + f.upper().replace("-", "_") for f in flags}
 
 
