@@ -9,6 +9,7 @@
 #   make bench-torch  deps + core_bench + PyTorch's nn.MultiheadAttention on the same
 #                rows (Debian's python3-torch on OpenBLAS) and the speed-up table
 #   make bench-serve  deps + build + the serving benchmark (serve_bench)
+#   make bench-serve-tls  deps + build + what TLS, mTLS and tokens cost (serve_bench --tls --token)
 #   make golden  regenerate the PyTorch golden fixtures (needs python3-torch)
 #   make image   build the container image attnserve:VERSION and :latest (docker if
 #                its daemon answers, else podman; see tools/image.sh)
@@ -97,6 +98,11 @@ bench-torch: deps deps-bench
 bench-serve: deps
 	$(MAKE) build
 	$(BUILD_DIR)/bench/serve_bench --seconds 5
+
+.PHONY: bench-serve-tls
+bench-serve-tls: deps
+	$(MAKE) build
+	$(BUILD_DIR)/bench/serve_bench --tls --token --seconds 5 --rounds 5
 
 golden: deps deps-golden
 	/usr/bin/python3 tests/golden/export_golden.py

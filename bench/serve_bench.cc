@@ -13,6 +13,11 @@
 //
 //   build/bench/serve_bench [--seconds 5] [--concurrency 1,16,64] [--length 128]
 //                           [--max-queue-delay-us US] [--server-binary PATH]
+//
+// With --tls and/or --token it prints instead what transport security and
+// bearer tokens cost (bench/serve_bench_tls.h): plaintext against TLS,
+// TLS + token and mTLS + token servers in the same run, at concurrency 1
+// and 64, with the targets.
 
 #include <grpcpp/grpcpp.h>
 
@@ -21,164 +26,32 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <fstream>
-#include <sstream>
-#include <thread>
-
 #include "attnserve/v1/attention.grpc.pb.h"
+#include "bench/serve_bench_tls.h"
+#include "bench/serve_process.h"
 #include "client/load_generator.h"
-#include "client/tensor_io.h"
 #include "core/onednn_engine.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 namespace v1 = attnserve::v1;
+using attnserve::bench::LevelResult;
+using attnserve::bench::MakeRequest;
+using attnserve::bench::OwnCpuSeconds;
+using attnserve::bench::Percentile;
+using attnserve::bench::RunLevel;
+using attnserve::bench::ServerProcess;
 
-struct LevelResult {
-  int concurrency = 0;
-  double requests_per_s = 0, p50_ms = 0, p99_ms = 0, mean_batch = 0;
-  uint64_t errors = 0;
-  double elapsed_s = 0;
-};
-
-// CPU seconds (user + system) this process has used so far: the load
-// generator's own cost, all of its threads.
-double OwnCpuSeconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  auto seconds = [](const timeval& t) { return t.tv_sec + t.tv_usec / 1e6; };
-  return seconds(u.ru_utime) + seconds(u.ru_stime);
-}
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
-}
-
-// The benchmark's request: `length` random rows (seed 1).
-v1::AttendRequest MakeRequest(uint32_t length, uint32_t d_model) {
-  std::mt19937 rng(1);
-  return attnserve::client::RandomRequest(rng, length, d_model);
-}
-
-// `concurrency` calls always in flight over 4 connections, for `seconds`:
-// the client library's load generator (attnctl bench), which sends
-// pre-serialized requests and reads only each reply's Stats and output size.
-LevelResult RunLevel(const std::string& target, int concurrency, double seconds,
-                     const v1::AttendRequest& request) {
+// The load generator's options for a plaintext `target`.
+attnserve::client::ClientOptions Plaintext(const std::string& target) {
   attnserve::client::ClientOptions client;
   client.target = target;
-  attnserve::client::LoadOptions load;
-  load.concurrency = concurrency;
-  load.duration_s = seconds;
-  load.connections = std::min(concurrency, 4);
-  LevelResult r;
-  r.concurrency = concurrency;
-  auto report = attnserve::client::RunLoad(
-      client, load, {attnserve::client::MakeLoadRequest(request, request.input().cols())});
-  if (!report.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(report.status().message()).c_str());
-    r.errors = 1;
-    return r;
-  }
-  r.requests_per_s = report->requests_per_s();
-  r.p50_ms = report->p50_ms;
-  r.p99_ms = report->p99_ms;
-  r.mean_batch = report->mean_batch_size;
-  r.errors = report->calls - report->ok;
-  r.elapsed_s = report->elapsed_s;
-  return r;
+  return client;
 }
-
-// The attnserve binary as a child process on 127.0.0.1 and a free port, so
-// its CPU time can be read apart from the load generator's.
-class ServerProcess {
- public:
-  ServerProcess(const std::string& binary, const std::vector<std::string>& extra_flags) {
-    port_ = FreePort();
-    std::vector<std::string> args = {binary, "--host", "127.0.0.1", "--port",
-                                     std::to_string(port_), "--metrics-port", "0",
-                                     "--model-repository", std::string(ATTNSERVE_SOURCE_DIR) + "/models",
-                                     "--log-level", "warn"};
-    args.insert(args.end(), extra_flags.begin(), extra_flags.end());
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    ready_ = pid_ > 0 && WaitReady();
-  }
-  ~ServerProcess() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGTERM);
-    for (int i = 0; i < 300; ++i) {  // up to 15 s, then SIGKILL
-      if (waitpid(pid_, nullptr, WNOHANG) == pid_) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-  }
-  bool ok() const { return ready_; }
-  std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
-
-  // utime + stime of the server process, from /proc/PID/stat.
-  double CpuSeconds() const {
-    std::ifstream in("/proc/" + std::to_string(pid_) + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::istringstream fields(stat.substr(stat.rfind(')') + 2));  // after "pid (comm) "
-    std::string f;
-    double ticks = 0;
-    for (int i = 3; i <= 15 && fields >> f; ++i) {
-      if (i == 14 || i == 15) ticks += std::stod(f);
-    }
-    return ticks / sysconf(_SC_CLK_TCK);
-  }
-
- private:
-  static int FreePort() {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-    close(fd);
-    return ntohs(addr.sin_port);
-  }
-  // Polls ListModels (bounded: 30 s) until the server answers.
-  bool WaitReady() {
-    auto stub = v1::Attention::NewStub(grpc::CreateChannel(target(), grpc::InsecureChannelCredentials()));
-    for (int i = 0; i < 300; ++i) {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
-      v1::ListModelsResponse reply;
-      if (stub->ListModels(&ctx, {}, &reply).ok()) return true;
-      if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
-        pid_ = -1;
-        return false;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
-  }
-
-  pid_t pid_ = -1;
-  int port_ = 0;
-  bool ready_ = false;
-};
 
 // The engine alone on batches of `batch` sequences of `length`: sequences/s.
 double OfflineThroughput(attnserve::core::Engine& engine, int batch, uint32_t length,
@@ -225,7 +98,7 @@ int LoadExternal(const std::string& target, const std::vector<int>& levels, doub
   std::printf("| target | concurrency | requests/s | p50 ms | p99 ms | mean batch | errors |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   for (int c : levels) {
-    LevelResult r = RunLevel(target, c, seconds, request);
+    LevelResult r = RunLevel(Plaintext(target), c, seconds, request);
     std::printf("| %s | %d | %.1f | %.2f | %.2f | %.1f | %llu |\n", target.c_str(), c,
                 r.requests_per_s, r.p50_ms, r.p99_ms, r.mean_batch,
                 static_cast<unsigned long long>(r.errors));
@@ -252,21 +125,37 @@ int main(int argc, char** argv) {
   double seconds = 5;
   uint32_t length = 128;
   std::vector<int> levels = {1, 16, 64};
+  bool levels_given = false;
   int64_t delay_us = -1;  // -1: the server's default
   std::string target;     // set: load an external server instead (no offline figures)
   std::string binary = ATTNSERVE_BINARY;  // the server to start
-  for (int i = 1; i + 1 < argc; i += 2) {
+  attnserve::bench::TlsBenchOptions security;  // --tls / --token: the security table
+  for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (flag == "--seconds") seconds = std::stod(argv[i + 1]);
-    else if (flag == "--length") length = std::stoul(argv[i + 1]);
-    else if (flag == "--concurrency") levels = ParseList(argv[i + 1]);
-    else if (flag == "--max-queue-delay-us") delay_us = std::stoll(argv[i + 1]);
-    else if (flag == "--target") target = argv[i + 1];
-    else if (flag == "--server-binary") binary = argv[i + 1];
+    const bool has_value = i + 1 < argc;
+    if (flag == "--tls") security.tls = true;
+    else if (flag == "--token") security.token = true;
+    else if (flag == "--seconds" && has_value) seconds = std::stod(argv[++i]);
+    else if (flag == "--length" && has_value) length = std::stoul(argv[++i]);
+    else if (flag == "--concurrency" && has_value) levels = ParseList(argv[++i]), levels_given = true;
+    else if (flag == "--max-queue-delay-us" && has_value) delay_us = std::stoll(argv[++i]);
+    else if (flag == "--rounds" && has_value) security.rounds = std::stoi(argv[++i]);
+    else if (flag == "--target" && has_value) target = argv[++i];
+    else if (flag == "--server-binary" && has_value) binary = argv[++i];
     else {
-      std::fprintf(stderr, "usage: serve_bench [--seconds S] [--length L] [--concurrency 1,16,64] [--max-queue-delay-us US] [--target HOST:PORT] [--server-binary PATH]\n");
+      std::fprintf(stderr, "usage: serve_bench [--seconds S] [--length L] [--concurrency 1,16,64] "
+                           "[--max-queue-delay-us US] [--target HOST:PORT] [--server-binary PATH]\n"
+                           "       serve_bench --tls [--token] [--rounds N] [--seconds S] "
+                           "[--length L] [--concurrency 1,64]\n");
       return 2;
     }
+  }
+  if (security.tls || security.token) {
+    security.seconds = seconds;
+    security.length = length;
+    security.levels = levels_given ? levels : std::vector<int>{1, 64};
+    security.server_binary = binary;
+    return attnserve::bench::RunTlsComparison(security);
   }
   if (!target.empty()) return LoadExternal(target, levels, seconds, length);
   auto model = attnserve::core::LoadModel(std::string(ATTNSERVE_SOURCE_DIR) + "/models/demo");
@@ -295,7 +184,7 @@ int main(int argc, char** argv) {
     }
     for (int c : levels) {
       const double cpu0 = server.CpuSeconds(), own_cpu0 = OwnCpuSeconds();
-      LevelResult r = RunLevel(server.target(), c, seconds, request);
+      LevelResult r = RunLevel(server.client(), c, seconds, request);
       const double answered = std::max(1.0, r.requests_per_s * r.elapsed_s);
       const double cpu_ms_per_request = 1e3 * (server.CpuSeconds() - cpu0) / answered;
       const double load_cpu_ms_per_request = 1e3 * (OwnCpuSeconds() - own_cpu0) / answered;

@@ -20,6 +20,30 @@ absl::StatusOr<std::string> ReadPem(const std::string& path) {
   return text.str();
 }
 
+absl::Status ValidateSecurity(const ClientOptions& o) {
+  if (!o.tls && (!o.tls_root_certs_path.empty() || !o.tls_client_cert_path.empty() ||
+                 !o.tls_client_key_path.empty() || !o.tls_server_name.empty())) {
+    return absl::InvalidArgumentError(
+        "TLS files or a TLS server name are set but tls is off: set tls (attnctl --tls)");
+  }
+  if (o.tls_client_cert_path.empty() != o.tls_client_key_path.empty()) {
+    return absl::InvalidArgumentError(
+        "a client certificate needs its private key and the other way round: give both "
+        "tls_client_cert_path and tls_client_key_path (attnctl --tls-cert and --tls-key)");
+  }
+  // RFC 6750's b64token is stricter; any visible ASCII is a valid header
+  // value. The message names the position, never the token.
+  for (size_t i = 0; i < o.token.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(o.token[i]);
+    if (c < 0x21 || c > 0x7e) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the token holds a character that cannot be sent in a header (whitespace, control "
+          "or non-ASCII) at position ", i + 1, " of ", o.token.size()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Validate(const ClientOptions& o) {
   if (o.target.empty()) return absl::InvalidArgumentError("target must be set; was empty");
   if (o.deadline_ms <= 0) {
@@ -42,13 +66,18 @@ absl::Status Validate(const ClientOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_receive_message_bytes must be in [1, 2^31); was ", o.max_receive_message_bytes));
   }
-  return absl::OkStatus();
+  return ValidateSecurity(o);
 }
 
 }  // namespace
 
+void AddCallMetadata(const ClientOptions& options, grpc::ClientContext* context) {
+  if (!options.token.empty()) context->AddMetadata("authorization", "Bearer " + options.token);
+}
+
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& options,
                                                            int index) {
+  if (absl::Status s = Validate(options); !s.ok()) return s;
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (options.tls) {
     grpc::SslCredentialsOptions ssl;
@@ -67,12 +96,14 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& 
   args.SetLoadBalancingPolicyName(options.load_balancing);
   // Channels with different arguments never share a subchannel (connection).
   if (index > 0) args.SetInt("attnserve.channel_index", index);
+  if (options.tls && !options.tls_server_name.empty()) {
+    args.SetSslTargetNameOverride(options.tls_server_name);
+  }
   return grpc::CreateCustomChannel(options.target, credentials, args);
 }
 
 absl::StatusOr<std::unique_ptr<AttentionClient>> AttentionClient::Create(
     const ClientOptions& options) {
-  if (absl::Status s = Validate(options); !s.ok()) return s;
   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(options);
   if (!channel.ok()) return channel.status();
   return std::unique_ptr<AttentionClient>(new AttentionClient(options, *std::move(channel)));
@@ -89,6 +120,7 @@ std::unique_ptr<grpc::ClientContext> AttentionClient::NewContext() const {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(std::chrono::system_clock::now() +
                         std::chrono::milliseconds(options_.deadline_ms));
+  AddCallMetadata(options_, context.get());
   return context;
 }
 

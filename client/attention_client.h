@@ -1,6 +1,7 @@
 // AttentionClient: a small synchronous client for attnserve over the
 // generated stub — one channel, a deadline on every call, retries for
-// UNAVAILABLE only. Thread-safe: calls may come from any number of threads.
+// UNAVAILABLE only, TLS (and client certificates for mTLS) and a bearer
+// token on every call. Thread-safe: calls may come from any number of threads.
 #ifndef ATTNSERVE_CLIENT_ATTENTION_CLIENT_H_
 #define ATTNSERVE_CLIENT_ATTENTION_CLIENT_H_
 
@@ -34,19 +35,39 @@ struct ClientOptions {
   // Largest reply accepted (PER_HEAD weights of long sequences are large).
   int64_t max_receive_message_bytes = int64_t{256} << 20;
 
-  // TLS, ready for servers that offer it (attnserve itself serves plaintext
-  // for now): when `tls` is set the channel uses SSL credentials with these
-  // PEM files; empty paths mean the system roots and no client certificate.
+  // TLS (attnserve --tls-cert/--tls-key): when `tls` is set the channel uses
+  // SSL credentials with these PEM files; an empty root path means the system
+  // roots. A client certificate and key (both or neither) answer a server
+  // that requires them (--tls-client-ca, mTLS). Setting a path without `tls`
+  // is an error, never a silent plaintext connection.
   bool tls = false;
   std::string tls_root_certs_path;
   std::string tls_client_cert_path;
   std::string tls_client_key_path;
+  // The name the server's certificate must carry (and the SNI sent) when it
+  // differs from the target's host, e.g. a target by IP address or through a
+  // tunnel. Empty: the target's host.
+  std::string tls_server_name;
+
+  // Bearer token (attnserve --auth-tokens): sent as `authorization: Bearer
+  // TOKEN` on every call, health checks included. Empty: none. Visible ASCII
+  // only (it is an HTTP/2 header value). Never logged, and never part of an
+  // error message of this library. Send it over TLS: on a plaintext
+  // connection anyone on the path can read it.
+  std::string token;
 };
+
+// Adds what every call of `options` carries to `context`: the bearer token,
+// if any. For callers that make their own calls on MakeChannel's channel
+// (the load generator).
+void AddCallMetadata(const ClientOptions& options, grpc::ClientContext* context);
 
 class AttentionClient {
  public:
   // Errors: INVALID_ARGUMENT for bad options (empty target, negative
-  // deadline or retries, unknown load_balancing, unreadable TLS files).
+  // deadline or retries, unknown load_balancing, unreadable TLS files, TLS
+  // paths without tls, a certificate without its key, a token that cannot
+  // be a header value).
   // Connecting is lazy: an unreachable server shows as UNAVAILABLE on calls.
   static absl::StatusOr<std::unique_ptr<AttentionClient>> Create(const ClientOptions& options);
 
@@ -78,7 +99,9 @@ class AttentionClient {
 };
 
 // Creates the channel AttentionClient uses: credentials, load balancing and
-// message size from `options` (already validated). `index` > 0 gives a
+// message size from `options` (validated as Create does; the same errors).
+// Calls on it carry no token by themselves: give each call's context
+// AddCallMetadata. `index` > 0 gives a
 // channel that never shares its connection with others (load generators use
 // several connections).
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& options,

@@ -1,9 +1,14 @@
 // attnctl: the command-line client of attnserve.
 //
-//   attnctl [--target HOST:PORT] infer (--json FILE | --npy FILE | --random ROWS) [options]
-//   attnctl models
-//   attnctl health [--service NAME]
-//   attnctl bench [-c N] [-n N | -z DURATION] [--rps R] [--lengths 16,128,512 | --data FILE]
+//   attnctl [global flags] infer (--json FILE | --npy FILE | --random ROWS) [options]
+//   attnctl [global flags] models
+//   attnctl [global flags] health [--service NAME]
+//   attnctl [global flags] bench [-c N] [-n N | -z DURATION] [--rps R] [--lengths 16,128,512 | --data FILE]
+//   attnctl token [[--principal] NAME] [--file FILE]
+//
+// Global flags (--target, --deadline-ms, --retries, --lb, --tls*, --token)
+// go before or after the subcommand: the subcommands hand the flags they do
+// not know to the top level (CLI11's fallthrough).
 //
 // Exit codes: 0 success (health: SERVING); 1 the server answered with an
 // error or is not serving (the code and message are printed on stderr);
@@ -12,9 +17,12 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 #include <random>
+#include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -22,11 +30,14 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "client/attention_client.h"
 #include "client/load_generator.h"
 #include "client/tensor_io.h"
+#include "client/token.h"
 
 namespace attnserve::client {
 namespace {
@@ -242,6 +253,27 @@ struct BenchFlags {
   uint32_t seed = 1;
 };
 
+void RegisterBenchFlags(CLI::App* bench_cmd, BenchFlags& bench) {
+  bench_cmd->add_option("-c,--concurrency", bench.load.concurrency,
+                        "calls in flight (open loop: at most)")->capture_default_str();
+  bench_cmd->add_option("-n,--total", bench.load.total,
+                        "stop after N calls (default 200 when no -z)");
+  bench_cmd->add_option("-z,--duration", bench.duration, "stop after this long, e.g. 30s, 2m");
+  bench_cmd->add_option("--rps", bench.load.rps, "open loop at this many calls/s (0: closed loop)");
+  bench_cmd->add_option("--connections", bench.load.connections, "HTTP/2 connections to use")
+      ->capture_default_str();
+  bench_cmd->add_option("--lengths", bench.lengths,
+                        "sequence lengths: 16,128,512 (even mix) or 16:0.7,128:0.3 (weighted)")
+      ->capture_default_str();
+  bench_cmd->add_option("--data", bench.data_path,
+                        "JSON file of AttendRequests to send in turn (a ghz data file)");
+  bench_cmd->add_option("--seed", bench.seed, "seed of the random inputs")->capture_default_str();
+  bench_cmd->add_option("--max-duration", bench.load.max_run_s,
+                        "hard bound on the run in seconds")->capture_default_str();
+  bench_cmd->add_option("--format", bench.format, "text or json")
+      ->check(CLI::IsMember({"text", "json"}))->capture_default_str();
+}
+
 int Bench(AttentionClient& client, BenchFlags& bench, const RequestFlags& flags) {
   if (!bench.duration.empty()) {
     absl::StatusOr<double> seconds = ParseDuration(bench.duration);
@@ -288,12 +320,59 @@ int Bench(AttentionClient& client, BenchFlags& bench, const RequestFlags& flags)
   return report->ok == report->calls ? kExitOk : kExitServer;
 }
 
-int Main(int argc, char** argv) {
-  CLI::App app{"attnctl: call attnserve (infer, models, health) and load-test it (bench)."};
-  app.require_subcommand(1);
-  // Global flags also after the subcommand (`attnctl health --target H:P`).
-  app.fallthrough();
-  ClientOptions options;
+// `attnctl token`: a new random token on stdout (for the client:
+// ATTNCTL_TOKEN, --token, AttentionClient's token) and its `PRINCIPAL
+// SHA256HEX` line for the server's --auth-tokens file, appended to `file`
+// (created 0600) or, without one, on stderr so the two can be redirected
+// apart. The token is printed once and kept nowhere.
+int Token(const std::string& principal, const std::string& file) {
+  if (absl::Status s = ValidatePrincipal(principal); !s.ok()) {
+    return UsageError(std::string(s.message()));
+  }
+  absl::StatusOr<std::string> token = GenerateToken();
+  if (!token.ok()) return UsageError(std::string(token.status().message()));
+  if (!file.empty()) {
+    if (absl::Status s = AppendTokenLine(file, principal, *token); !s.ok()) {
+      return UsageError(std::string(s.message()));
+    }
+  } else {
+    std::fprintf(stderr, "%s\n", TokenFileLine(principal, *token).c_str());
+  }
+  std::printf("%s\n", token->c_str());
+  return kExitOk;
+}
+
+// Prints CLI11's answer to a parse error (help included) with every token
+// of the command line or the environment masked: CLI11 quotes arguments it
+// did not expect, such as a token given without --token.
+int ReportParseError(CLI::App& app, const CLI::ParseError& e, int argc, char** argv) {
+  std::ostringstream out, err;
+  const int code = app.exit(e, out, err);
+  std::vector<std::string> secrets;
+  if (const char* env = std::getenv("ATTNCTL_TOKEN"); env != nullptr) secrets.push_back(env);
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--token" && i + 1 < argc) secrets.push_back(argv[i + 1]);
+    if (absl::StartsWith(arg, "--token=")) secrets.push_back(arg.substr(8));
+  }
+  std::string out_text = out.str(), err_text = err.str();
+  for (const std::string& secret : secrets) {
+    if (secret.empty()) continue;
+    absl::StrReplaceAll({{secret, "<token>"}}, &out_text);
+    absl::StrReplaceAll({{secret, "<token>"}}, &err_text);
+  }
+  // A token given without its flag (`attnctl models attn_...`) is quoted
+  // back as an unexpected argument: mask anything shaped like our tokens.
+  static const std::regex kTokenShape(std::string(kTokenPrefix) + "[A-Za-z0-9_-]+");
+  out_text = std::regex_replace(out_text, kTokenShape, "<token>");
+  err_text = std::regex_replace(err_text, kTokenShape, "<token>");
+  std::fputs(out_text.c_str(), stdout);
+  std::fputs(err_text.c_str(), stderr);
+  return code == 0 ? kExitOk : kExitUsage;
+}
+
+// The flags of every subcommand that calls the server, on the top level.
+void RegisterGlobalFlags(CLI::App& app, ClientOptions& options) {
   app.add_option("--target", options.target, "server address HOST:PORT, or a gRPC target URI")
       ->envname("ATTNCTL_TARGET")
       ->capture_default_str();
@@ -304,10 +383,35 @@ int Main(int argc, char** argv) {
   app.add_option("--lb", options.load_balancing, "load balancing: pick_first or round_robin")
       ->check(CLI::IsMember({"pick_first", "round_robin"}))
       ->capture_default_str();
-  app.add_flag("--tls", options.tls, "use TLS (system roots unless --tls-ca)");
-  app.add_option("--tls-ca", options.tls_root_certs_path, "PEM file of trusted root certificates");
-  app.add_option("--tls-cert", options.tls_client_cert_path, "PEM client certificate chain");
-  app.add_option("--tls-key", options.tls_client_key_path, "PEM client private key");
+  app.add_flag("--tls", options.tls,
+               "use TLS (system roots unless --tls-ca; implied by any other --tls-* flag)");
+  app.add_option("--tls-ca", options.tls_root_certs_path,
+                 "PEM file of the root certificates that sign the server's");
+  app.add_option("--tls-cert", options.tls_client_cert_path,
+                 "PEM client certificate chain, for servers that require one (mTLS)");
+  app.add_option("--tls-key", options.tls_client_key_path, "PEM private key of --tls-cert");
+  app.add_option("--tls-server-name", options.tls_server_name,
+                 "name the server's certificate must carry when it is not the target's host");
+  // No default shown and never printed: the value is a secret.
+  app.add_option("--token", options.token,
+                 "bearer token sent on every call (prefer the environment variable: "
+                 "command lines are visible to other users)")
+      ->envname("ATTNCTL_TOKEN");
+  const std::string footer =
+      "Global flags (--target, --deadline-ms, --retries, --lb, --tls, --tls-ca, --tls-cert, "
+      "--tls-key, --tls-server-name, --token) go before or after the subcommand; see "
+      "attnctl --help.";
+  app.footer(footer);
+  // Subcommands made after this hand unknown flags to the top level.
+  app.fallthrough();
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"attnctl: call attnserve (infer, models, health), load-test it (bench), "
+               "make tokens (token)."};
+  app.require_subcommand(1);
+  ClientOptions options;
+  RegisterGlobalFlags(app, options);
 
   CLI::App* infer = app.add_subcommand("infer", "send one request; print the reply as JSON");
   std::string json_path, npy_path, npy_prefix;
@@ -336,31 +440,35 @@ int Main(int argc, char** argv) {
   CLI::App* bench_cmd = app.add_subcommand("bench", "load generator: throughput and latency");
   BenchFlags bench;
   RequestFlags bench_flags;
-  bench_cmd->add_option("-c,--concurrency", bench.load.concurrency,
-                        "calls in flight (open loop: at most)")->capture_default_str();
-  bench_cmd->add_option("-n,--total", bench.load.total,
-                        "stop after N calls (default 200 when no -z)");
-  bench_cmd->add_option("-z,--duration", bench.duration, "stop after this long, e.g. 30s, 2m");
-  bench_cmd->add_option("--rps", bench.load.rps, "open loop at this many calls/s (0: closed loop)");
-  bench_cmd->add_option("--connections", bench.load.connections, "HTTP/2 connections to use")
-      ->capture_default_str();
-  bench_cmd->add_option("--lengths", bench.lengths,
-                        "sequence lengths: 16,128,512 (even mix) or 16:0.7,128:0.3 (weighted)")
-      ->capture_default_str();
-  bench_cmd->add_option("--data", bench.data_path,
-                        "JSON file of AttendRequests to send in turn (a ghz data file)");
-  bench_cmd->add_option("--seed", bench.seed, "seed of the random inputs")->capture_default_str();
-  bench_cmd->add_option("--max-duration", bench.load.max_run_s,
-                        "hard bound on the run in seconds")->capture_default_str();
-  bench_cmd->add_option("--format", bench.format, "text or json")
-      ->check(CLI::IsMember({"text", "json"}))->capture_default_str();
+  RegisterBenchFlags(bench_cmd, bench);
   bench_flags.Register(bench_cmd);
+
+  CLI::App* token_cmd = app.add_subcommand(
+      "token", "make a random bearer token: the token on stdout (for clients), its "
+               "'PRINCIPAL SHA256HEX' line for attnserve --auth-tokens on stderr or --file");
+  std::string principal = "client", token_file;
+  token_cmd->add_option("principal,--principal", principal,
+                        "who the token is for: the principal of authorization policies")
+      ->capture_default_str();
+  token_cmd->add_option("--file", token_file,
+                        "append the line to this token file (created with mode 0600) "
+                        "instead of printing it on stderr");
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    return code == 0 ? kExitOk : kExitUsage;
+    return ReportParseError(app, e, argc, argv);
+  }
+  if (*token_cmd) return Token(principal, token_file);
+  // A CA, client certificate or server name only makes sense over TLS.
+  if (!options.tls_root_certs_path.empty() || !options.tls_client_cert_path.empty() ||
+      !options.tls_client_key_path.empty() || !options.tls_server_name.empty()) {
+    options.tls = true;
+  }
+  if (!options.token.empty() && !options.tls) {
+    std::fprintf(stderr,
+                 "attnctl: warning: sending the token without TLS; anyone on the path can "
+                 "read it (use --tls)\n");
   }
   absl::StatusOr<std::unique_ptr<AttentionClient>> client = AttentionClient::Create(options);
   if (!client.ok()) return UsageError(std::string(client.status().message()));

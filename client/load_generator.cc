@@ -109,9 +109,13 @@ absl::Status Validate(const LoadOptions& o, const std::vector<LoadRequest>& mix)
 // takes hundreds of microseconds; the lock, nanoseconds).
 class Run {
  public:
-  Run(const LoadOptions& options, const std::vector<LoadRequest>& mix,
-      std::vector<std::unique_ptr<grpc::GenericStub>> stubs)
-      : options_(options), stubs_(std::move(stubs)), mix_(mix), slots_(options.concurrency) {
+  Run(const ClientOptions& client, const LoadOptions& options,
+      const std::vector<LoadRequest>& mix, std::vector<std::unique_ptr<grpc::GenericStub>> stubs)
+      : client_(client),
+        options_(options),
+        stubs_(std::move(stubs)),
+        mix_(mix),
+        slots_(options.concurrency) {
     for (const LoadRequest& r : mix) {
       grpc::Slice slice(r.bytes.data(), r.bytes.size(), grpc::Slice::STATIC_SLICE);
       requests_.emplace_back(&slice, 1);
@@ -162,6 +166,7 @@ class Run {
     slot.context = std::make_unique<grpc::ClientContext>();
     slot.context->set_deadline(std::chrono::system_clock::now() +
                                std::chrono::milliseconds(options_.deadline_ms));
+    AddCallMetadata(client_, slot.context.get());
     slot.reply.Clear();
     slot.sent = scheduled;
     stubs_[call_index % stubs_.size()]->UnaryCall(
@@ -261,6 +266,7 @@ class Run {
   }
 
   // Constant after construction.
+  const ClientOptions& client_;  // outlives the run (RunLoad's argument)
   const LoadOptions options_;
   const std::vector<std::unique_ptr<grpc::GenericStub>> stubs_;
   const std::vector<LoadRequest>& mix_;
@@ -299,7 +305,7 @@ absl::StatusOr<LoadReport> RunLoad(const ClientOptions& client, const LoadOption
     if (!channel.ok()) return channel.status();
     stubs.push_back(std::make_unique<grpc::GenericStub>(*std::move(channel)));
   }
-  Run run(options, mix, std::move(stubs));
+  Run run(client, options, mix, std::move(stubs));
   return run.Go();
 }
 

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_join.h"
 #include "client/tensor_io.h"
 #include "tests/e2e_util.h"
 #include "tests/http_util.h"
@@ -22,6 +23,7 @@ namespace attnserve::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 constexpr char kModel[] = "mha_plain";  // fp32: the reference agrees to 1e-5
 
 class AttnctlTest : public ::testing::Test {
@@ -211,13 +213,85 @@ TEST_F(AttnctlTest, HealthExitCodesWorkAsAProbe) {
   EXPECT_THAT(run.output, HasSubstr("UNAVAILABLE"));
 }
 
-TEST_F(AttnctlTest, GlobalFlagsWorkAfterTheSubcommand) {
-  const RunResult run =
-      RunToExit({ATTNCTL_BINARY, "health", "--service", kModel, "--target",
-                 LoopbackTarget(server_->port()), "--deadline-ms", "5000", "--retries", "0"},
-                {}, std::chrono::seconds(60));
-  EXPECT_EQ(run.exit_code, 0) << run.output;
-  EXPECT_THAT(run.output, HasSubstr("SERVING"));
+TEST_F(AttnctlTest, GlobalFlagsWorkBeforeOrAfterTheSubcommand) {
+  const std::string live = LoopbackTarget(server_->port());
+  const RefusingLoopbackPort refusing;  // nobody listens there
+  ASSERT_GT(refusing.port(), 0);
+  const std::string dead = LoopbackTarget(refusing.port());
+  auto run = [](std::vector<std::string> args, std::vector<std::string> env = {}) {
+    args.insert(args.begin(), ATTNCTL_BINARY);
+    return RunToExit(args, env, std::chrono::seconds(60));
+  };
+  // Every subcommand, each global flag after it (ATTNCTL_TARGET points at
+  // nobody: only the flag can have reached the server).
+  const std::vector<std::string> dead_env = {"ATTNCTL_TARGET=" + dead};
+  const std::vector<std::vector<std::string>> after = {
+      {"health", "--target", live},
+      {"health", "--service", kModel, "--target", live, "--deadline-ms", "5000", "--retries",
+       "0", "--lb", "round_robin"},
+      {"models", "--target", live, "--token", "attn_AfterTheSubcommand"},
+      {"infer", "--random", "3", "--target", live, "--model", kModel},
+      {"bench", "-n", "5", "--target", live, "--format", "json", "--deadline-ms", "9000"},
+  };
+  for (const auto& args : after) {
+    const RunResult r = run(args, dead_env);
+    EXPECT_EQ(r.exit_code, 0) << absl::StrJoin(args, " ") << "\n" << r.output;
+    EXPECT_THAT(r.output, Not(HasSubstr("AfterTheSubcommand")));
+  }
+  // ... and before it, the same.
+  RunResult r = run({"--target", live, "--retries", "0", "health"}, dead_env);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  // A flag after the subcommand really takes effect: the live env target is
+  // overridden by a dead --target, a bad deadline or TLS file is refused.
+  const std::vector<std::string> live_env = {"ATTNCTL_TARGET=" + live};
+  r = run({"health", "--target", dead, "--retries", "0"}, live_env);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("UNAVAILABLE"));
+  r = run({"models", "--deadline-ms", "0"}, live_env);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("deadline_ms must be positive"));
+  r = run({"infer", "--random", "2", "--tls-ca", "/nonexistent/ca.pem"}, live_env);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("cannot read TLS file /nonexistent/ca.pem"));
+  r = run({"health", "--tls-cert", "/nonexistent/client.pem"}, live_env);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("private key"));
+  // Flags nobody knows are still refused, wherever they are.
+  r = run({"health", "--no-such-flag"}, live_env);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--no-such-flag"));
+  // Subcommand help points at the global flags.
+  r = run({"health", "--help"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("go before or after the subcommand"));
+}
+
+TEST_F(AttnctlTest, TheTokenIsNeverEchoed) {
+  const std::string secret = "attn_NeverEchoedSecretValue";
+  const std::vector<std::string> env = {"ATTNCTL_TOKEN=" + secret,
+                                        "ATTNCTL_TARGET=" + LoopbackTarget(server_->port())};
+  const std::string argv_secret = "attn_NeverEchoedEither_0123456789abcdefghijklmnopq";
+  const std::vector<std::vector<std::string>> commands = {
+      {"--help"},
+      {"health", "--help"},
+      {"models", "--token", secret, "--no-such-flag"},
+      {"models", "--token=" + secret, "surplus"},
+      {"--token", "-" + secret, "models"},
+      {"--token", secret + " x", "models"},
+      {"models", "--token", secret},  // plaintext: a warning, not the token
+      {"models", argv_secret},        // the flag forgotten: an unexpected argument
+      {"models", "--token", "x" + argv_secret.substr(5) + "\n"},
+  };
+  for (const auto& command : commands) {
+    std::vector<std::string> args = {ATTNCTL_BINARY};
+    args.insert(args.end(), command.begin(), command.end());
+    const RunResult r = RunToExit(args, env, std::chrono::seconds(60));
+    EXPECT_THAT(r.output, Not(HasSubstr("NeverEchoed"))) << absl::StrJoin(command, " ");
+    EXPECT_THAT(r.output, Not(HasSubstr("0123456789abcdef"))) << absl::StrJoin(command, " ");
+  }
+  // The help names the variable, never its value.
+  const RunResult help = RunToExit({ATTNCTL_BINARY, "--help"}, env, std::chrono::seconds(60));
+  EXPECT_THAT(help.output, HasSubstr("ATTNCTL_TOKEN"));
 }
 
 TEST_F(AttnctlTest, ModelsListsTheRepository) {

@@ -64,8 +64,15 @@ class ManifestTest(unittest.TestCase):
     def test_kustomization_lists_every_manifest(self):
         self.assertEqual(k8s_strict.check_kustomization(self.kustomization), [])
         listed = set(self.kustomization["resources"])
-        present = {f for f in os.listdir(K8S) if f.endswith(".yaml")} - {"kustomization.yaml"}
-        self.assertEqual(listed, present, "resources and the files in deploy/k8s differ")
+        base = os.path.join(K8S, "base")
+        present = {"base/" + f for f in os.listdir(base) if f.endswith(".yaml")}
+        present -= {"base/kustomization.yaml"}
+        self.assertEqual(listed, present, "resources and the files in deploy/k8s/base differ")
+        # base/kustomization.yaml (what overlays build on) lists the same files.
+        (base_kustomization,) = util.load_yaml_documents(os.path.join(base, "kustomization.yaml"))
+        self.assertEqual(k8s_strict.check_kustomization(base_kustomization), [])
+        self.assertEqual(["base/" + r for r in base_kustomization["resources"]],
+                         self.kustomization["resources"])
 
     def test_every_document_is_a_valid_object(self):
         count = 0
@@ -114,7 +121,7 @@ class ManifestTest(unittest.TestCase):
         self.assertEqual(len(k8s_strict.check_object(configmap)), 1)
 
     def test_commented_queue_depth_variant_is_valid(self):
-        with open(os.path.join(K8S, "hpa.yaml")) as f:
+        with open(os.path.join(K8S, "base", "hpa.yaml")) as f:
             text = f.read()
         block = re.search(r"# BEGIN queue-depth variant\n(.*?)\n\s*# END queue-depth variant",
                           text, re.S)

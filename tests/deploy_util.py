@@ -105,8 +105,8 @@ def flag_env_names_from_help(binary):
 
 
 def configmap_flags():
-    """The data of deploy/k8s/configmap.yaml: ATTNSERVE_* -> string value."""
-    (doc,) = load_yaml_documents(os.path.join(DEPLOY, "k8s", "configmap.yaml"))
+    """The data of deploy/k8s/base/configmap.yaml: ATTNSERVE_* -> string value."""
+    (doc,) = load_yaml_documents(os.path.join(DEPLOY, "k8s", "base", "configmap.yaml"))
     return doc["data"]
 
 

@@ -95,6 +95,19 @@ RefusingLoopbackPort::~RefusingLoopbackPort() {
   if (fd_ >= 0) close(fd_);
 }
 
+int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr = LoopbackSockaddr(0);
+  socklen_t size = sizeof(addr);
+  int port = 0;
+  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &size) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  if (fd >= 0) close(fd);
+  return port;
+}
+
 bool HavePromtool() { return std::system("command -v promtool > /dev/null 2>&1") == 0; }
 
 CommandResult PromtoolCheckMetrics(const std::string& text) {

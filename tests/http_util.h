@@ -43,6 +43,15 @@ class RefusingLoopbackPort {
   int port_ = 0;
 };
 
+// A 127.0.0.1 port that was free a moment ago (bound to port 0, read back,
+// closed), for the few ports that must be named before their server starts:
+// --metrics-port and --health-port, where 0 means off, and ports published
+// by a container. Racy in principle (something else may take it before the
+// server binds; the kernel hands ephemeral ports out in turn, so it is rare);
+// prefer port 0 and reading the port back, and RefusingLoopbackPort for a
+// port that nobody listens on.
+int FreeLoopbackPort();
+
 struct CommandResult {
   int exit_code = -1;  // -1: did not run or did not exit normally
   std::string output;  // stdout and stderr

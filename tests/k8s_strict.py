@@ -14,7 +14,9 @@ filled by hand, both written out below and kept to what the manifests use:
 - Probe.grpc (native gRPC probes, 1.24+) is added as an extension field.
 The prometheus-operator ServiceMonitor is a CRD the client does not know: it is
 checked against SERVICE_MONITOR, a schema of the fields of
-monitoring.coreos.com/v1 that we use or might, with the CRD's types and enums.
+monitoring.coreos.com/v1 that we use or might, with the CRD's types and enums;
+cert-manager's Certificate (deploy/k8s/overlays/tls) likewise, against
+CERTIFICATE.
 """
 import re
 
@@ -27,6 +29,7 @@ KINDS = {
     ("apps/v1", "Deployment"): "V1Deployment",
     ("policy/v1", "PodDisruptionBudget"): "V1PodDisruptionBudget",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "V2beta2HorizontalPodAutoscaler",
+    ("v1", "Secret"): "V1Secret",
 }
 
 # Fields of IntOrString type; the models type them as `object`.
@@ -91,6 +94,38 @@ SERVICE_MONITOR = obj({
     }, required=["selector", "endpoints"]),
 }, required=["apiVersion", "kind", "metadata", "spec"])
 
+# cert-manager's Certificate (cert-manager.io/v1), the fields of its CRD that
+# we use or might, with the CRD's types and enums.
+CERTIFICATE = obj({
+    "apiVersion": string(enum=["cert-manager.io/v1"]),
+    "kind": string(enum=["Certificate"]),
+    "metadata": model("V1ObjectMeta"),
+    "spec": obj({
+        "secretName": string(),
+        "commonName": string(),
+        "dnsNames": arr(string()), "ipAddresses": arr(string()), "uris": arr(string()),
+        "duration": string(pattern=r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"),
+        "renewBefore": string(pattern=r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"),
+        "isCA": BOOL,
+        "usages": arr(string(enum=[
+            "signing", "digital signature", "content commitment", "key encipherment",
+            "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only",
+            "decipher only", "any", "server auth", "client auth", "code signing",
+            "email protection", "s/mime", "ipsec end system", "ipsec tunnel", "ipsec user",
+            "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"])),
+        "privateKey": obj({
+            "algorithm": string(enum=["RSA", "ECDSA", "Ed25519"]),
+            "size": INT32,
+            "encoding": string(enum=["PKCS1", "PKCS8"]),
+            "rotationPolicy": string(enum=["Never", "Always"]),
+        }),
+        "issuerRef": obj({"name": string(), "kind": string(), "group": string()},
+                         required=["name"]),
+        "secretTemplate": obj({"annotations": {"type": "string-map"},
+                               "labels": {"type": "string-map"}}),
+    }, required=["secretName", "issuerRef"]),
+}, required=["apiVersion", "kind", "metadata", "spec"])
+
 # kustomize's Kustomization, the fields the kustomize of kubectl 1.20 and
 # current kustomize both accept and that we use.
 KUSTOMIZATION = obj({
@@ -101,6 +136,32 @@ KUSTOMIZATION = obj({
     "images": arr(obj({"name": string(), "newName": string(), "newTag": string(),
                        "digest": string()}, required=["name"])),
 }, required=["apiVersion", "kind", "resources"])
+
+# An overlay's Kustomization (deploy/k8s/overlays/*): the fields both
+# kustomize generations accept. `bases`, `patchesStrategicMerge` and
+# `patchesJson6902` are what kubectl 1.20 knows (current kustomize warns that
+# they are deprecated but applies them the same).
+_GENERATOR = obj({"name": string(), "type": string(), "behavior": string(
+    enum=["create", "replace", "merge"]), "files": arr(string()),
+    "literals": arr(string())}, required=["name"])
+OVERLAY_KUSTOMIZATION = obj({
+    "apiVersion": string(enum=["kustomize.config.k8s.io/v1beta1"]),
+    "kind": string(enum=["Kustomization"]),
+    "namespace": string(),
+    "bases": arr(string(), min_items=1),
+    "resources": arr(string()),
+    "patchesStrategicMerge": arr(string()),
+    "patchesJson6902": arr(obj({
+        "target": obj({"group": string(), "version": string(), "kind": string(),
+                       "name": string(), "namespace": string()},
+                      required=["version", "kind", "name"]),
+        "path": string()}, required=["target", "path"])),
+    "generatorOptions": obj({"disableNameSuffixHash": BOOL, "labels": {"type": "string-map"},
+                             "annotations": {"type": "string-map"}}),
+    "secretGenerator": arr(_GENERATOR),
+    "configMapGenerator": arr(_GENERATOR),
+    "images": KUSTOMIZATION["fields"]["images"],
+}, required=["apiVersion", "kind", "bases"])
 
 _LIST = re.compile(r"^list\[(.+)\]$")
 _DICT = re.compile(r"^dict\(str, (.+)\)$")
@@ -213,6 +274,10 @@ class Checker:
             self._primitive(value, "int", path)
         elif t == "bool":
             self._primitive(value, "bool", path)
+        elif t == "string-map":
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                self._error(path, f"expected a map of strings, got {value!r}")
         elif t == "int-or-string":
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 self._error(path, f"expected an integer or a string, got {_kind(value)}")
@@ -227,6 +292,8 @@ def check_object(doc, path="<doc>"):
     key = (doc.get("apiVersion"), doc.get("kind"))
     if key == ("monitoring.coreos.com/v1", "ServiceMonitor"):
         checker.schema(doc, SERVICE_MONITOR, path)
+    elif key == ("cert-manager.io/v1", "Certificate"):
+        checker.schema(doc, CERTIFICATE, path)
     elif key in KINDS:
         checker.model(doc, KINDS[key], path)
     else:
@@ -239,6 +306,12 @@ def check_object(doc, path="<doc>"):
 def check_kustomization(doc, path="kustomization.yaml"):
     checker = Checker()
     checker.schema(doc, KUSTOMIZATION, path)
+    return checker.errors
+
+
+def check_overlay_kustomization(doc, path="kustomization.yaml"):
+    checker = Checker()
+    checker.schema(doc, OVERLAY_KUSTOMIZATION, path)
     return checker.errors
 
 

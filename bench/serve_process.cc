@@ -1,0 +1,147 @@
+#include "bench/serve_process.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "client/load_generator.h"
+#include "client/tensor_io.h"
+
+extern char** environ;
+
+namespace attnserve::bench {
+namespace {
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+}  // namespace
+
+LevelResult RunLevel(const client::ClientOptions& client, int concurrency, double seconds,
+                     const v1::AttendRequest& request) {
+  client::LoadOptions load;
+  load.concurrency = concurrency;
+  load.duration_s = seconds;
+  load.connections = std::min(concurrency, 4);
+  LevelResult r;
+  r.concurrency = concurrency;
+  auto report =
+      client::RunLoad(client, load, {client::MakeLoadRequest(request, request.input().cols())});
+  if (!report.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(report.status().message()).c_str());
+    r.errors = 1;
+    return r;
+  }
+  r.requests_per_s = report->requests_per_s();
+  r.p50_ms = report->p50_ms;
+  r.p99_ms = report->p99_ms;
+  r.mean_batch = report->mean_batch_size;
+  r.errors = report->calls - report->ok;
+  r.elapsed_s = report->elapsed_s;
+  return r;
+}
+
+double OwnCpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  auto seconds = [](const timeval& t) { return t.tv_sec + t.tv_usec / 1e6; };
+  return seconds(u.ru_utime) + seconds(u.ru_stime);
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+}
+
+v1::AttendRequest MakeRequest(uint32_t length, uint32_t d_model) {
+  std::mt19937 rng(1);
+  return client::RandomRequest(rng, length, d_model);
+}
+
+ServerProcess::ServerProcess(const std::string& binary,
+                             const std::vector<std::string>& extra_flags,
+                             client::ClientOptions client)
+    : client_(std::move(client)) {
+  port_ = FreePort();
+  client_.target = target();
+  std::vector<std::string> args = {binary, "--host", "127.0.0.1", "--port",
+                                   std::to_string(port_), "--metrics-port", "0",
+                                   "--model-repository",
+                                   std::string(ATTNSERVE_SOURCE_DIR) + "/models", "--log-level",
+                                   "warn"};
+  args.insert(args.end(), extra_flags.begin(), extra_flags.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  if (posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ) != 0) pid_ = -1;
+  ready_ = pid_ > 0 && WaitReady();
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGTERM);
+  for (int i = 0; i < 300; ++i) {  // up to 15 s, then SIGKILL
+    if (waitpid(pid_, nullptr, WNOHANG) == pid_) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+}
+
+double ServerProcess::CpuSeconds() const {
+  std::ifstream in("/proc/" + std::to_string(pid_) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::istringstream fields(stat.substr(stat.rfind(')') + 2));  // after "pid (comm) "
+  std::string f;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14 || i == 15) ticks += std::stod(f);
+  }
+  return ticks / sysconf(_SC_CLK_TCK);
+}
+
+bool ServerProcess::WaitReady() {
+  client::ClientOptions probe = client_;
+  probe.deadline_ms = 100;
+  probe.max_retries = 0;
+  auto client = client::AttentionClient::Create(probe);
+  if (!client.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(client.status().message()).c_str());
+    return false;
+  }
+  for (int i = 0; i < 300; ++i) {  // 30 s
+    v1::ListModelsResponse reply;
+    if ((*client)->ListModels(&reply).ok()) return true;
+    if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
+      pid_ = -1;
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+}  // namespace attnserve::bench

@@ -1,0 +1,74 @@
+// Pieces shared by serve_bench's tables: the attnserve binary as a child
+// process on 127.0.0.1 (so its CPU time can be read apart from the load
+// generator's), and one closed-loop load level against it through the client
+// library's load generator. Not thread-safe: one benchmark thread uses them.
+#ifndef ATTNSERVE_BENCH_SERVE_PROCESS_H_
+#define ATTNSERVE_BENCH_SERVE_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "attnserve/v1/attention.pb.h"
+#include "client/attention_client.h"
+
+namespace attnserve::bench {
+
+struct LevelResult {
+  int concurrency = 0;
+  double requests_per_s = 0, p50_ms = 0, p99_ms = 0, mean_batch = 0;
+  uint64_t errors = 0;
+  double elapsed_s = 0;
+};
+
+// `concurrency` calls always in flight over min(concurrency, 4) connections
+// for `seconds`, to `client.target` with its TLS options and token: the
+// client library's load generator (attnctl bench), which sends
+// pre-serialized requests and reads only each reply's Stats and output size.
+LevelResult RunLevel(const client::ClientOptions& client, int concurrency, double seconds,
+                     const v1::AttendRequest& request);
+
+// CPU seconds (user + system) this process has used so far: the load
+// generator's own cost, all of its threads.
+double OwnCpuSeconds();
+
+// The p-quantile (0..1) of `v`, nearest rank; 0 when empty.
+double Percentile(std::vector<double> v, double p);
+
+// The benchmark's request: `length` random rows of `d_model` (seed 1).
+v1::AttendRequest MakeRequest(uint32_t length, uint32_t d_model);
+
+// The attnserve binary on 127.0.0.1 and a free port, the demo model
+// repository, metrics off, `extra_flags` added. Ready once ListModels
+// answers through `client` (its target is filled in; TLS options and token
+// as the server needs them), at most 30 s. The destructor sends SIGTERM and
+// reaps it (SIGKILL after 15 s).
+class ServerProcess {
+ public:
+  ServerProcess(const std::string& binary, const std::vector<std::string>& extra_flags,
+                client::ClientOptions client = {});
+  ~ServerProcess();
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  bool ok() const { return ready_; }
+  std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
+  // The options to reach it: those given, with the target set.
+  const client::ClientOptions& client() const { return client_; }
+  // utime + stime of the server process so far, from /proc/PID/stat.
+  double CpuSeconds() const;
+
+ private:
+  bool WaitReady();
+
+  pid_t pid_ = -1;
+  int port_ = 0;
+  bool ready_ = false;
+  client::ClientOptions client_;
+};
+
+}  // namespace attnserve::bench
+
+#endif  // ATTNSERVE_BENCH_SERVE_PROCESS_H_
