@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <google/protobuf/util/json_util.h>
@@ -85,7 +86,8 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
   NpyArray array;
   std::stringstream dims(shape_text.substr(1, shape_text.size() - 2));
   const size_t data_at = offset + header_len;
-  const uint64_t max_count = (bytes.size() - data_at) / 4;  // what the file can hold
+  // Past this the byte count 4 * count would wrap around uint64_t.
+  constexpr uint64_t max_count = std::numeric_limits<uint64_t>::max() / 4;
   uint64_t count = 1;
   bool too_big = false;   // the product exceeds max_count (count may have wrapped)
   bool has_zero = false;  // a zero dimension: no data, whatever the others

@@ -138,11 +138,14 @@ class AttentionService::StreamCall final
       }));
       return;
     }
+    // reading_ stays true until incoming_ has been consumed and cleared: a
+    // message answered meanwhile (inline, or by a batch thread) must not
+    // start the next read into the buffer this reaction is still using.
+    Ref();  // held while this reaction runs
     bool accept = false;
     int64_t index = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      reading_ = false;
       accept = !error_set_ && !finishing_;
       if (accept) {
         ++unanswered_;
@@ -155,7 +158,8 @@ class AttentionService::StreamCall final
                        [this, index](const Reply& reply) { MessageDone(reply, index); });
     }
     incoming_.Clear();
-    Act(Update([](StreamCall*) {}));
+    Act(Update([](StreamCall* s) { s->reading_ = false; }));
+    Unref();
   }
 
   void OnWriteDone(bool ok) override {
