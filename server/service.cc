@@ -199,10 +199,10 @@ class AttentionService::StreamCall final
     if (!reading_ && !reads_done_ && !error_set_ &&
         unanswered_ + static_cast<int64_t>(writes_.size()) < window_) {
       reading_ = true;
-      starting_read_ = true;
+      ++starting_reads_;
       a.read = true;
     }
-    if (!writing_ && writes_.empty() && unanswered_ == 0 && !starting_read_ &&
+    if (!writing_ && writes_.empty() && unanswered_ == 0 && starting_reads_ == 0 &&
         (reads_done_ || error_set_)) {
       finishing_ = true;
       a.finish = true;
@@ -218,7 +218,7 @@ class AttentionService::StreamCall final
     if (a.read) {
       StartRead(&incoming_);
       // The read is issued: Finish may now be decided (the read then fails).
-      Act(Update([](StreamCall* s) { s->starting_read_ = false; }));
+      Act(Update([](StreamCall* s) { --s->starting_reads_; }));
     }
     if (a.finish) Finish(a.status);
   }
@@ -257,7 +257,9 @@ class AttentionService::StreamCall final
   std::deque<grpc::ByteBuffer> writes_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;         // a read is outstanding
-  bool starting_read_ ABSL_GUARDED_BY(mu_) = false;   // StartRead decided, not yet issued
+  // StartReads decided, not yet issued: a count, since a read decided in one
+  // reaction may complete and the next be decided before the first returns.
+  int starting_reads_ ABSL_GUARDED_BY(mu_) = 0;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   int64_t unanswered_ ABSL_GUARDED_BY(mu_) = 0;       // handed to Handle, not yet answered
   int64_t messages_ ABSL_GUARDED_BY(mu_) = 0;         // accepted so far

@@ -44,7 +44,9 @@ class HookedServer {
     server::BatcherOptions batching;
     batching.max_queue_delay_us = 2000;  // so a stream's messages share batches
     auto registry = server::ModelRegistry::Load(
-        {.repository = GoldenRepository(), .batching = batching, .threads = 2}, &clock_,
+        {.repository = GoldenRepository(), .default_model = "", .batching = batching,
+         .threads = 2, .engine_factory = {}},
+        &clock_,
         &metrics_);
     if (!registry.ok()) {
       ADD_FAILURE() << registry.status();

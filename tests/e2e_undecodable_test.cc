@@ -198,40 +198,12 @@ TEST_F(E2eUndecodableTest, StreamAnswersEarlierMessagesThenEndsWithInvalidArgume
 // defines attnserve.v1.Attention still describes Attend and AttendStream with
 // their message types (the service's handlers take raw bytes now).
 TEST_F(E2eUndecodableTest, ReflectionStillDescribesTheAttentionService) {
-  grpc::GenericStub stub(channel_);
-  grpc::ClientContext context;
-  context.set_deadline(DeadlineIn(10000));
-  grpc::CompletionQueue cq;
-  auto call = stub.PrepareCall(
-      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
-  auto next = [&cq] {
-    void* tag = nullptr;
-    bool ok = false;
-    return cq.Next(&tag, &ok) && ok;
-  };
   // ServerReflectionRequest { string file_containing_symbol = 4; }
   const std::string symbol = "attnserve.v1.Attention";
   const std::string request =
       std::string(1, '\x22') + std::string(1, static_cast<char>(symbol.size())) + symbol;
   std::string reply;
-  call->StartCall(nullptr);
-  if (next()) {
-    call->Write(ToBuffer(request), nullptr);
-    if (next()) {
-      call->WritesDone(nullptr);
-      if (next()) {
-        grpc::ByteBuffer response;
-        call->Read(&response, nullptr);
-        if (next()) reply = ToString(response);
-      }
-    }
-  }
-  grpc::Status status;
-  call->Finish(&status, nullptr);
-  next();
-  cq.Shutdown();
-  while (next()) {
-  }
+  const grpc::Status status = ReflectionExchange(channel_, request, &reply, 10000);
   ASSERT_TRUE(status.ok()) << status.error_message();
   // ServerReflectionResponse { FileDescriptorResponse file_descriptor_response = 4; }
   // FileDescriptorResponse { repeated bytes file_descriptor_proto = 1; }

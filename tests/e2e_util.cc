@@ -245,8 +245,9 @@ grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const st
   return status;
 }
 
-grpc::Status ReflectionListServices(const std::shared_ptr<grpc::Channel>& channel,
-                                    std::vector<std::string>* services, int64_t deadline_ms) {
+grpc::Status ReflectionExchange(const std::shared_ptr<grpc::Channel>& channel,
+                                const std::string& request, std::string* reply,
+                                int64_t deadline_ms) {
   grpc::GenericStub stub(channel);
   grpc::ClientContext context;
   context.set_deadline(DeadlineIn(deadline_ms));
@@ -259,17 +260,15 @@ grpc::Status ReflectionListServices(const std::shared_ptr<grpc::Channel>& channe
     bool ok = false;
     return cq.Next(&tag, &ok) && ok;
   };
-  std::string reply;
   call->StartCall(nullptr);
   if (next()) {
-    // ServerReflectionRequest { string list_services = 7; }
-    call->Write(ToByteBuffer(LengthDelimited(7, "*")), nullptr);
+    call->Write(ToByteBuffer(request), nullptr);
     if (next()) {
       call->WritesDone(nullptr);
       if (next()) {
         grpc::ByteBuffer response;
         call->Read(&response, nullptr);
-        if (next()) reply = FromByteBuffer(response);
+        if (next()) *reply = FromByteBuffer(response);
       }
     }
   }
@@ -279,6 +278,15 @@ grpc::Status ReflectionListServices(const std::shared_ptr<grpc::Channel>& channe
   cq.Shutdown();
   while (next()) {
   }
+  return status;
+}
+
+grpc::Status ReflectionListServices(const std::shared_ptr<grpc::Channel>& channel,
+                                    std::vector<std::string>* services, int64_t deadline_ms) {
+  std::string reply;
+  // ServerReflectionRequest { string list_services = 7; }
+  const grpc::Status status =
+      ReflectionExchange(channel, LengthDelimited(7, "*"), &reply, deadline_ms);
   if (!status.ok()) return status;
   // ServerReflectionResponse { ListServiceResponse list_services_response = 6; }
   // ListServiceResponse { repeated ServiceResponse service = 1; }

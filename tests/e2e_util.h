@@ -98,8 +98,16 @@ class ReferenceOracle {
 grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
                          int* serving_status, int64_t deadline_ms = 5000);
 
-// grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo with one
-// list_services request, raw bytes; *services receives the listed names.
+// One grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo
+// exchange in raw bytes (reflection has no generated stubs here): sends
+// `request` (a serialized ServerReflectionRequest), half-closes, and puts the
+// first ServerReflectionResponse's bytes in *reply.
+grpc::Status ReflectionExchange(const std::shared_ptr<grpc::Channel>& channel,
+                                const std::string& request, std::string* reply,
+                                int64_t deadline_ms = 5000);
+
+// ReflectionExchange with a list_services request; *services receives the
+// listed names.
 grpc::Status ReflectionListServices(const std::shared_ptr<grpc::Channel>& channel,
                                     std::vector<std::string>* services,
                                     int64_t deadline_ms = 5000);
