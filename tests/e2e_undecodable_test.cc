@@ -25,32 +25,19 @@ using ::testing::HasSubstr;
 
 constexpr char kParseError[] = "could not be parsed as attnserve.v1.AttendRequest";
 
-grpc::ByteBuffer ToBuffer(const std::string& bytes) {
-  grpc::Slice slice(bytes);
-  return grpc::ByteBuffer(&slice, 1);
-}
-
-std::string ToString(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  std::string bytes;
-  if (!buffer.Dump(&slices).ok()) return bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return bytes;
-}
-
 // A unary call of `method` with raw request bytes; *reply receives the raw reply.
 grpc::Status RawUnary(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
                       const std::string& request, std::string* reply = nullptr) {
   grpc::GenericStub stub(channel);
   grpc::ClientContext context;
   context.set_deadline(DeadlineIn(20000));
-  const grpc::ByteBuffer buffer = ToBuffer(request);
+  const grpc::ByteBuffer buffer = ToByteBuffer(request);
   grpc::ByteBuffer response;
   std::promise<grpc::Status> done;
   stub.UnaryCall(&context, method, grpc::StubOptions(), &buffer, &response,
                  [&done](grpc::Status s) { done.set_value(std::move(s)); });
   grpc::Status status = done.get_future().get();  // bounded by the deadline
-  if (reply != nullptr) *reply = ToString(response);
+  if (reply != nullptr) *reply = FromByteBuffer(response);
   return status;
 }
 
@@ -78,7 +65,7 @@ RawStreamResult RawStream(const std::shared_ptr<grpc::Channel>& channel,
   bool open = next();
   for (const std::string& m : messages) {
     if (!open) break;
-    call->Write(ToBuffer(m), nullptr);
+    call->Write(ToByteBuffer(m), nullptr);
     open = next();  // false once the server has ended the stream
   }
   call->WritesDone(nullptr);
@@ -87,7 +74,7 @@ RawStreamResult RawStream(const std::shared_ptr<grpc::Channel>& channel,
     grpc::ByteBuffer reply;
     call->Read(&reply, nullptr);
     if (!next()) break;
-    result.replies.push_back(ToString(reply));
+    result.replies.push_back(FromByteBuffer(reply));
   }
   call->Finish(&result.status, nullptr);
   next();

@@ -191,8 +191,6 @@ const core::ModelConfig& ReferenceOracle::config(const std::string& name) const 
   return ::testing::AssertionSuccess();
 }
 
-namespace {
-
 grpc::ByteBuffer ToByteBuffer(const std::string& bytes) {
   grpc::Slice slice(bytes);
   return grpc::ByteBuffer(&slice, 1);
@@ -205,6 +203,8 @@ std::string FromByteBuffer(const grpc::ByteBuffer& buffer) {
   for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   return bytes;
 }
+
+namespace {
 
 // A length-delimited protobuf field: tag, varint length (< 2^14 here), bytes.
 std::string LengthDelimited(int field, const std::string& value) {

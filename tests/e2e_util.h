@@ -98,6 +98,11 @@ class ReferenceOracle {
 grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
                          int* serving_status, int64_t deadline_ms = 5000);
 
+// One slice holding `bytes`, and all of a ByteBuffer's bytes: for raw calls
+// through grpc::GenericStub.
+grpc::ByteBuffer ToByteBuffer(const std::string& bytes);
+std::string FromByteBuffer(const grpc::ByteBuffer& buffer);
+
 // One grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo
 // exchange in raw bytes (reflection has no generated stubs here): sends
 // `request` (a serialized ServerReflectionRequest), half-closes, and puts the
