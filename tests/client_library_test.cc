@@ -16,6 +16,7 @@
 #include "client/attention_client.h"
 #include "client/load_generator.h"
 #include "client/tensor_io.h"
+#include "tests/e2e_util.h"
 
 namespace attnserve::testing {
 namespace {
@@ -82,14 +83,6 @@ client::ClientOptions FastRetries(const std::string& target) {
   o.max_retries = 2;
   o.retry_backoff_ms = 1;
   return o;
-}
-
-v1::AttendRequest SmallRequest() {
-  v1::AttendRequest r;
-  r.mutable_input()->set_rows(2);
-  r.mutable_input()->set_cols(3);
-  for (int i = 0; i < 6; ++i) r.mutable_input()->add_data(0.5f * i);
-  return r;
 }
 
 TEST(AttentionClientTest, RetriesUnavailableUntilItSucceeds) {

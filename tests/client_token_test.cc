@@ -23,6 +23,7 @@
 #include "client/attention_client.h"
 #include "client/load_generator.h"
 #include "client/token.h"
+#include "tests/e2e_util.h"
 
 namespace attnserve::testing {
 namespace {
@@ -67,12 +68,12 @@ TEST(TokenTest, FileLineHoldsThePrincipalAndTheSha256OfTheToken) {
 }
 
 TEST(TokenTest, PrincipalsAreOneVisibleAsciiWord) {
-  for (const std::string ok : std::vector<std::string>{"a", "alice",
+  for (const std::string& ok : std::vector<std::string>{"a", "alice",
                                                       "spiffe://attnserve.test/client-a",
                                                       "CN=x,O=y"}) {
     EXPECT_TRUE(client::ValidatePrincipal(ok).ok()) << ok;
   }
-  for (const std::string bad : std::vector<std::string>{"", "two words", "tab\there", "#comment",
+  for (const std::string& bad : std::vector<std::string>{"", "two words", "tab\there", "#comment",
                                                        "caf\xc3\xa9", std::string(257, 'x')}) {
     EXPECT_EQ(client::ValidatePrincipal(bad).code(), absl::StatusCode::kInvalidArgument) << bad;
   }
@@ -173,14 +174,6 @@ struct RecordingServer {
   int port = 0;
   std::unique_ptr<grpc::Server> server;
 };
-
-v1::AttendRequest SmallRequest() {
-  v1::AttendRequest r;
-  r.mutable_input()->set_rows(2);
-  r.mutable_input()->set_cols(3);
-  for (int i = 0; i < 6; ++i) r.mutable_input()->add_data(0.5f * i);
-  return r;
-}
 
 TEST(ClientTokenTest, EveryCallCarriesTheBearerTokenAndNoneWithoutOne) {
   RecordingServer server;

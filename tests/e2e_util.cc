@@ -91,6 +91,14 @@ v1::AttendRequest RandomRequest(std::mt19937& rng, const std::string& model, uin
   return request;
 }
 
+v1::AttendRequest SmallRequest() {
+  v1::AttendRequest r;
+  r.mutable_input()->set_rows(2);
+  r.mutable_input()->set_cols(3);
+  for (int i = 0; i < 6; ++i) r.mutable_input()->add_data(0.5f * i);
+  return r;
+}
+
 v1::AttendRequest RandomMixedRequest(std::mt19937& rng, int variant, const std::string& model,
                                      uint32_t d_model, uint32_t max_length) {
   const uint32_t length = 1 + rng() % max_length;

@@ -64,6 +64,10 @@ bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds t
 v1::AttendRequest RandomRequest(std::mt19937& rng, const std::string& model,
                                 uint32_t d_model, uint32_t length);
 
+// A 2 x 3 request with fixed values and no model name: for scripted or
+// recording servers that look at calls, not at the numbers.
+v1::AttendRequest SmallRequest();
+
 // A RandomRequest of random length in [1, max_length] with a mask (none,
 // causal, window, causal + window, or a random graph in which some rows get
 // no key), weights mode and pooling chosen by `variant` (cycle through
