@@ -14,7 +14,7 @@ RUN apt-get update \
       cmake g++ make pkg-config \
       libdnnl-dev ocl-icd-opencl-dev libabsl-dev nlohmann-json3-dev \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
-      libspdlog-dev prometheus-cpp-dev libcli11-dev \
+      libspdlog-dev prometheus-cpp-dev libcli11-dev libjemalloc-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # .dockerignore lets only the sources of the binaries and the models in.
@@ -43,7 +43,7 @@ RUN printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*
  && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libabsl20220623 libc-ares2 libcivetweb1 libdnnl2 libfmt9 libgomp1 \
-      libgrpc++1.51 libgrpc29 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
+      libgrpc++1.51 libgrpc29 libjemalloc2 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
       libprotobuf32 libre2-9 libspdlog1.10 libssl3 ocl-icd-libopencl1 zlib1g \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old \

@@ -35,7 +35,7 @@ DEB_PACKAGES := \
   libdnnl-dev ocl-icd-opencl-dev libabsl-dev nlohmann-json3-dev \
   libgtest-dev libgmock-dev libbenchmark-dev prometheus \
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
-  libspdlog-dev prometheus-cpp-dev libcli11-dev libssl-dev openssl \
+  libspdlog-dev prometheus-cpp-dev libcli11-dev libssl-dev openssl libjemalloc-dev \
   python3-yaml python3-kubernetes python3-grpcio python3-protobuf
 # kubectl for `kubectl kustomize` in the deploy tests: Debian's, unless a
 # kubectl is already installed (e.g. the Google Cloud SDK's, whose package owns

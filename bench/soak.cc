@@ -11,13 +11,21 @@
 // Reports the calls by kind and status code, and the server's RSS and open
 // file descriptors (from /proc/PID) at start, after --warmup-seconds, every
 // --sample-seconds, at the end of the load and after it has been idle for a
-// few seconds; then SIGTERMs the server and reports its exit. Exit code 1
-// when RSS grew more than --max-rss-growth-percent between warm-up and the
-// end of the load, when the fd count grew, when a reply was malformed or a
-// call got an unexpected code, or when the server died or did not exit 0.
+// few seconds; then SIGTERMs the server and reports its exit.
 //
-//   build/bench/soak [--seconds 600] [--warmup-seconds 60] [--concurrency 8]
-//                    [--max-length 256] [--server-binary PATH]
+// Leaks are judged on settled RSS, not on a sample under load: what a loaded
+// server holds at one instant depends on the calls in flight (eight 2 MiB
+// per-head replies come and go) and on when the allocator last returned
+// freed pages, so two samples under load differ by ±10% with no leak at all.
+// After warm-up the clients pause, the server is left idle for
+// --settle-seconds (longer than jemalloc's 10 s decay), and its RSS is the
+// baseline; the same is done after the load. Exit code 1 when the settled RSS
+// grew more than --max-rss-growth-percent, when the fd count grew, when a
+// reply was malformed or a call got an unexpected code, or when the server
+// died or did not exit 0.
+//
+//   build/bench/soak [--seconds 600] [--warmup-seconds 60] [--settle-seconds 15]
+//                    [--concurrency 8] [--max-length 256] [--server-binary PATH]
 //                    [--model-repository DIR] [--server-flag FLAG]...
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
@@ -27,6 +35,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -53,6 +62,7 @@ struct Flags {
   double seconds = 600;
   double warmup_seconds = -1;  // < 0: min(60, seconds / 5)
   double sample_seconds = 30;
+  double settle_seconds = 15;
   int concurrency = 8;
   uint32_t max_length = 256;
   double max_rss_growth_percent = 2.0;
@@ -206,10 +216,43 @@ std::string CheckReply(const v1::AttendRequest& request, const v1::AttendRespons
   return "";
 }
 
+// Lets the main thread stop every client between calls (to read a settled
+// RSS) and start them again.
+class PauseGate {
+ public:
+  // Called by a client between calls: blocks while paused (unless stopping).
+  void Checkpoint(const std::atomic<bool>& stop) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!paused_) return;
+    ++waiting_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return !paused_ || stop.load(); });
+    --waiting_;
+  }
+  // Pauses and waits until all `clients` are between calls.
+  void PauseAll(int clients) {
+    std::unique_lock<std::mutex> lock(mu_);
+    paused_ = true;
+    cv_.wait(lock, [&] { return waiting_ == clients; });
+  }
+  void Resume() {
+    std::lock_guard<std::mutex> lock(mu_);
+    paused_ = false;
+    cv_.notify_all();
+  }
+  void Wake() { cv_.notify_all(); }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool paused_ = false;
+  int waiting_ = 0;
+};
+
 // One client thread: calls of every kind, in proportions that keep the
 // server busy with real work (most calls compute) until `stop`.
 void Worker(int index, const std::string& target, const ModelShape& m, const Flags& flags,
-            const std::atomic<bool>& stop, Tally& tally) {
+            const std::atomic<bool>& stop, PauseGate& gate, Tally& tally) {
   grpc::ChannelArguments args;
   args.SetInt("attnserve.soak.channel", index);  // one connection per worker
   args.SetMaxReceiveMessageSize(-1);
@@ -218,6 +261,8 @@ void Worker(int index, const std::string& target, const ModelShape& m, const Fla
   std::mt19937 rng(1000 + index);
   int variant = index;
   while (!stop.load()) {
+    gate.Checkpoint(stop);
+    if (stop.load()) break;
     const uint32_t pick = rng() % 100;
     v1::AttendRequest request = MixedRequest(rng, m, flags.max_length, variant++);
     grpc::ClientContext ctx;
@@ -306,10 +351,12 @@ int main(int argc, char** argv) {
   app.add_option("--warmup-seconds", flags.warmup_seconds,
                  "RSS baseline taken after this long (default min(60, seconds / 5))");
   app.add_option("--sample-seconds", flags.sample_seconds, "print RSS and fds this often");
+  app.add_option("--settle-seconds", flags.settle_seconds,
+                 "idle time before each settled RSS reading (after warm-up, after the load)");
   app.add_option("--concurrency", flags.concurrency, "client threads, one connection each");
   app.add_option("--max-length", flags.max_length, "longest sequence sent");
   app.add_option("--max-rss-growth-percent", flags.max_rss_growth_percent,
-                 "fail above this RSS growth from warm-up to the end");
+                 "fail above this settled RSS growth from warm-up to the end");
   app.add_option("--server-binary", flags.server_binary, "the attnserve binary");
   app.add_option("--model-repository", flags.model_repository, "served models");
   app.add_option("--server-flag", flags.server_flags, "extra attnserve flag (repeatable)");
@@ -344,21 +391,33 @@ int main(int argc, char** argv) {
   const SoakServer::Usage start = s.ReadUsage();
   PrintSample("start", 0, start, 0);
   std::atomic<bool> stop{false};
+  PauseGate gate;
   std::vector<std::thread> workers;
   for (int i = 0; i < flags.concurrency; ++i) {
     workers.emplace_back(Worker, i, target, std::cref(*model), std::cref(flags), std::cref(stop),
-                         std::ref(tally));
+                         std::ref(gate), std::ref(tally));
   }
-  SoakServer::Usage warm{}, end{}, peak{};
+  auto settle = [&] {
+    std::this_thread::sleep_for(std::chrono::duration<double>(flags.settle_seconds));
+    return s.ReadUsage();
+  };
+  SoakServer::Usage warm{}, settled_warm{}, end{}, peak{};
   bool warmed = false, died = false;
+  double paused_s = 0;  // settling time, not counted as load
   double next_sample = flags.sample_seconds;
-  while (since() < flags.seconds && !(died = !s.Running())) {
+  while (since() - paused_s < flags.seconds && !(died = !s.Running())) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     const double now = since();
     if (!warmed && now >= flags.warmup_seconds) {
       warm = peak = s.ReadUsage();
       warmed = true;
       PrintSample("after-warmup", now, warm, tally.Total());
+      gate.PauseAll(flags.concurrency);
+      settled_warm = settle();
+      PrintSample("settled", since(), settled_warm, tally.Total());
+      gate.Resume();
+      paused_s += since() - now;
+      next_sample = since() + flags.sample_seconds;
     }
     if (now >= next_sample) {
       const SoakServer::Usage u = s.ReadUsage();
@@ -367,48 +426,51 @@ int main(int argc, char** argv) {
       next_sample += flags.sample_seconds;
     }
   }
-  if (!died) end = s.ReadUsage();
-  if (!died) PrintSample("end-of-load", since(), end, tally.Total());
+  if (!died) {
+    end = s.ReadUsage();
+    peak.rss_bytes = std::max(peak.rss_bytes, end.rss_bytes);
+    PrintSample("end-of-load", since(), end, tally.Total());
+  }
+  const double elapsed = since() - paused_s;
   stop = true;
+  gate.Wake();
   for (std::thread& t : workers) t.join();
   SoakServer::Usage idle{};
   if (!died) {
-    std::this_thread::sleep_for(std::chrono::seconds(3));
-    idle = s.ReadUsage();
-    PrintSample("idle", since(), idle, tally.Total());
+    idle = settle();
+    PrintSample("settled", since(), idle, tally.Total());
   }
-  const double elapsed = since();
   const int exit_status = s.Stop();
 
   bool ok = tally.Print();
   const uint64_t calls = tally.Total();
-  std::printf("calls: %llu in %.1f s (%.1f/s)\n", static_cast<unsigned long long>(calls), elapsed,
-              calls / elapsed);
+  std::printf("calls: %llu in %.1f s of load (%.1f/s)\n", static_cast<unsigned long long>(calls),
+              elapsed, calls / elapsed);
   if (died) {
     std::printf("FAIL: the server died during the soak; its last output:\n%s\n",
                 s.Output().c_str());
     return 1;
   }
-  const double growth = warm.rss_bytes > 0 ? 100.0 * (double(end.rss_bytes) - double(warm.rss_bytes)) /
-                                                 double(warm.rss_bytes)
-                                           : 0;
-  const double peak_growth = warm.rss_bytes > 0 ? 100.0 *
-                                                      (double(peak.rss_bytes) - double(warm.rss_bytes)) /
-                                                      double(warm.rss_bytes)
-                                                : 0;
-  std::printf("rss: start %.1f MiB, after warm-up %.1f MiB, end of load %.1f MiB (%+.2f%%), "
-              "peak after warm-up %.1f MiB (%+.2f%%), idle %.1f MiB\n",
-              start.rss_bytes / 1048576.0, warm.rss_bytes / 1048576.0, end.rss_bytes / 1048576.0,
-              growth, peak.rss_bytes / 1048576.0, peak_growth, idle.rss_bytes / 1048576.0);
+  auto percent = [](int64_t from, int64_t to) {
+    return from > 0 ? 100.0 * (double(to) - double(from)) / double(from) : 0.0;
+  };
+  const double growth = percent(settled_warm.rss_bytes, idle.rss_bytes);
+  constexpr double kMiB = 1048576.0;
+  std::printf("rss: start %.1f MiB; settled after warm-up %.1f MiB, settled after the load "
+              "%.1f MiB (%+.2f%%); under load: after warm-up %.1f MiB, end %.1f MiB (%+.2f%%), "
+              "peak %.1f MiB (%+.2f%%)\n",
+              start.rss_bytes / kMiB, settled_warm.rss_bytes / kMiB, idle.rss_bytes / kMiB, growth,
+              warm.rss_bytes / kMiB, end.rss_bytes / kMiB, percent(warm.rss_bytes, end.rss_bytes),
+              peak.rss_bytes / kMiB, percent(warm.rss_bytes, peak.rss_bytes));
   std::printf("fds: start %d, after warm-up %d, end of load %d, idle %d\n", start.open_fds,
               warm.open_fds, end.open_fds, idle.open_fds);
   std::printf("server exit after SIGTERM: %s\n", SoakServer::DescribeExit(exit_status).c_str());
   if (growth > flags.max_rss_growth_percent) {
-    std::printf("FAIL: RSS grew %.2f%% after warm-up (limit %.2f%%)\n", growth,
+    std::printf("FAIL: settled RSS grew %.2f%% after warm-up (limit %.2f%%)\n", growth,
                 flags.max_rss_growth_percent);
     ok = false;
   }
-  if (end.open_fds > warm.open_fds || idle.open_fds > warm.open_fds) {
+  if (end.open_fds > warm.open_fds || idle.open_fds > settled_warm.open_fds) {
     std::printf("FAIL: open fds grew after warm-up\n");
     ok = false;
   }

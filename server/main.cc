@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/onednn_engine.h"
+#include "server/allocator.h"
 #include "server/logging.h"
 #include "server/options.h"
 #include "server/server.h"
@@ -36,10 +37,11 @@ sigset_t BlockShutdownSignals() {
 void LogStartup(const attnserve::server::AttnServer& server,
                 const attnserve::server::ServerOptions& o) {
   using attnserve::core::ToString;
-  spdlog::info("{} starting: oneDNN ISA {}, {} engine thread(s) per batch",
+  spdlog::info("{} starting: oneDNN ISA {}, {} engine thread(s) per batch, {}",
                attnserve::server::VersionString(), attnserve::core::OneDnnEngine::IsaName(),
                o.threads > 0 ? std::to_string(o.threads)
-                             : absl::StrCat(attnserve::server::AvailableCpus(), " (all available)"));
+                             : absl::StrCat(attnserve::server::AvailableCpus(), " (all available)"),
+               attnserve::server::AllocatorName());
   for (const auto& m : server.registry().models()) {
     const auto& c = m->config();
     spdlog::info("model {}{}: d_model={} heads={} max_length={} positional={} relevance={} "
