@@ -140,7 +140,7 @@ class FakeRun {
       batches_.emplace_back();
       for (const core::SequenceInput& input : batch) {
         batches_.back().push_back({int(input.data[0]), input.length});
-        outputs.push_back({input.length, {input.data[0]}, {}});
+        outputs.push_back({input.length, {input.data[0]}, {}, absl::OkStatus()});
       }
     }
     if (behavior) {
