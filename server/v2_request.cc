@@ -1,5 +1,6 @@
 #include "server/v2_request.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>

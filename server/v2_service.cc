@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <new>
 
@@ -224,6 +225,11 @@ void InferenceService::Infer(const grpc::ByteBuffer& bytes, int64_t deadline_us,
                                      options_.max_message_bytes, &work->plan);
       !s.ok()) {
     return Answer(*work, s);
+  }
+  if (!work->plan.decoded.empty()) {
+    // The sequences read the decoded copy, and the edges were copied: free
+    // the raw bytes now (the batcher charges only what the sequences hold).
+    for (std::string& raw : *work->request.mutable_raw_input_contents()) std::string().swap(raw);
   }
   try {
     work->attention =
