@@ -18,6 +18,10 @@
 // bearer tokens cost (bench/serve_bench_tls.h): plaintext against TLS,
 // TLS + token and mTLS + token servers in the same run, at concurrency 1
 // and 64, with the targets.
+//
+// With --protocol v2 it prints what the KServe v2 protocol costs
+// (bench/serve_bench_v2.h): v1 Attend against v2 ModelInfer with FP32 and
+// BF16 raw input, at L = 128 and 512 (--lengths) and concurrency 1 and 64.
 
 #include <grpcpp/grpcpp.h>
 
@@ -31,6 +35,7 @@
 
 #include "attnserve/v1/attention.grpc.pb.h"
 #include "bench/serve_bench_tls.h"
+#include "bench/serve_bench_v2.h"
 #include "bench/serve_process.h"
 #include "client/load_generator.h"
 #include "core/onednn_engine.h"
@@ -130,6 +135,8 @@ int main(int argc, char** argv) {
   std::string target;     // set: load an external server instead (no offline figures)
   std::string binary = ATTNSERVE_BINARY;  // the server to start
   attnserve::bench::TlsBenchOptions security;  // --tls / --token: the security table
+  attnserve::bench::V2BenchOptions protocol;   // --protocol v2: the v1 / v2 table
+  bool compare_v2 = false;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     const bool has_value = i + 1 < argc;
@@ -139,16 +146,29 @@ int main(int argc, char** argv) {
     else if (flag == "--length" && has_value) length = std::stoul(argv[++i]);
     else if (flag == "--concurrency" && has_value) levels = ParseList(argv[++i]), levels_given = true;
     else if (flag == "--max-queue-delay-us" && has_value) delay_us = std::stoll(argv[++i]);
-    else if (flag == "--rounds" && has_value) security.rounds = std::stoi(argv[++i]);
+    else if (flag == "--rounds" && has_value) security.rounds = protocol.rounds = std::stoi(argv[++i]);
+    else if (flag == "--protocol" && has_value && std::string(argv[i + 1]) == "v2") compare_v2 = true, ++i;
+    else if (flag == "--lengths" && has_value) {
+      protocol.lengths.clear();
+      for (int v : ParseList(argv[++i])) protocol.lengths.push_back(static_cast<uint32_t>(v));
+    }
     else if (flag == "--target" && has_value) target = argv[++i];
     else if (flag == "--server-binary" && has_value) binary = argv[++i];
     else {
       std::fprintf(stderr, "usage: serve_bench [--seconds S] [--length L] [--concurrency 1,16,64] "
                            "[--max-queue-delay-us US] [--target HOST:PORT] [--server-binary PATH]\n"
                            "       serve_bench --tls [--token] [--rounds N] [--seconds S] "
-                           "[--length L] [--concurrency 1,64]\n");
+                           "[--length L] [--concurrency 1,64]\n"
+                           "       serve_bench --protocol v2 [--rounds N] [--seconds S] "
+                           "[--lengths 128,512] [--concurrency 1,64]\n");
       return 2;
     }
+  }
+  if (compare_v2) {
+    protocol.seconds = seconds;
+    if (levels_given) protocol.levels = levels;
+    protocol.server_binary = binary;
+    return attnserve::bench::RunV2Comparison(protocol);
   }
   if (security.tls || security.token) {
     security.seconds = seconds;

@@ -41,14 +41,19 @@ int FreePort() {
 
 LevelResult RunLevel(const client::ClientOptions& client, int concurrency, double seconds,
                      const v1::AttendRequest& request) {
+  return RunLevel(client, concurrency, seconds,
+                  client::MakeLoadRequest(request, request.input().cols()));
+}
+
+LevelResult RunLevel(const client::ClientOptions& client, int concurrency, double seconds,
+                     const client::LoadRequest& request) {
   client::LoadOptions load;
   load.concurrency = concurrency;
   load.duration_s = seconds;
   load.connections = std::min(concurrency, 4);
   LevelResult r;
   r.concurrency = concurrency;
-  auto report =
-      client::RunLoad(client, load, {client::MakeLoadRequest(request, request.input().cols())});
+  auto report = client::RunLoad(client, load, {request});
   if (!report.ok()) {
     std::fprintf(stderr, "%s\n", std::string(report.status().message()).c_str());
     r.errors = 1;

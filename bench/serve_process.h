@@ -13,6 +13,7 @@
 
 #include "attnserve/v1/attention.pb.h"
 #include "client/attention_client.h"
+#include "client/load_generator.h"
 
 namespace attnserve::bench {
 
@@ -29,6 +30,9 @@ struct LevelResult {
 // pre-serialized requests and reads only each reply's Stats and output size.
 LevelResult RunLevel(const client::ClientOptions& client, int concurrency, double seconds,
                      const v1::AttendRequest& request);
+// The same with a prepared load request (e.g. a KServe v2 ModelInfer).
+LevelResult RunLevel(const client::ClientOptions& client, int concurrency, double seconds,
+                     const client::LoadRequest& request);
 
 // CPU seconds (user + system) this process has used so far: the load
 // generator's own cost, all of its threads.

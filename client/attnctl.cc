@@ -1,6 +1,7 @@
 // attnctl: the command-line client of attnserve.
 //
 //   attnctl [global flags] infer (--json FILE | --npy FILE | --random ROWS) [options]
+//                                [--protocol v1|v2 [--datatype FP32|BF16|FP16]]
 //   attnctl [global flags] models
 //   attnctl [global flags] health [--service NAME]
 //   attnctl [global flags] bench [-c N] [-n N | -z DURATION] [--rps R] [--lengths 16,128,512 | --data FILE]
@@ -32,12 +33,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "client/attention_client.h"
 #include "client/load_generator.h"
 #include "client/tensor_io.h"
 #include "client/token.h"
+#include "client/v2_client.h"
 
 namespace attnserve::client {
 namespace {
@@ -66,6 +69,8 @@ struct RequestFlags {
   std::string edges;  // "i,j,i,j,..."
   std::string weights = "";  // none | per-head | mean; empty: keep the file's
   std::string pooling = "";  // none | mean | first; empty: keep the file's
+  std::string protocol = "v1";    // v1: attnserve.v1.Attention; v2: KServe v2 ModelInfer
+  std::string datatype = "FP32";  // v2: how input `input` travels (raw)
 
   void Register(CLI::App* app) {
     app->add_option("--model", model, "model name (default: the server's default model)");
@@ -77,7 +82,14 @@ struct RequestFlags {
         ->check(CLI::IsMember({"none", "per-head", "mean"}));
     app->add_option("--pooling", pooling, "output pooling: none, mean, first")
         ->check(CLI::IsMember({"none", "mean", "first"}));
+    app->add_option("--protocol", protocol,
+                    "v1 (attnserve.v1.Attention) or v2 (KServe v2 / Open Inference Protocol "
+                    "ModelInfer)")
+        ->check(CLI::IsMember({"v1", "v2"}))->capture_default_str();
+    app->add_option("--datatype", datatype, "v2: input datatype on the wire: FP32, BF16, FP16")
+        ->check(CLI::IsMember({"FP32", "BF16", "FP16"}))->capture_default_str();
   }
+  bool v2() const { return protocol == "v2"; }
 
   absl::Status Apply(v1::AttendRequest* r) const {
     if (!model.empty()) r->set_model(model);
@@ -121,6 +133,42 @@ grpc::Status FindModel(AttentionClient& client, const std::string& name, v1::Mod
                                                                 client.options().target));
 }
 
+// The name and d_model of `name` ("" = the default), through v1 ListModels
+// or v2 ModelMetadata.
+grpc::Status ModelWidth(AttentionClient& client, const RequestFlags& flags, std::string* name,
+                        uint32_t* d_model) {
+  if (flags.v2()) return V2Client(&client).ModelWidth(flags.model, name, d_model);
+  v1::ModelInfo model;
+  if (grpc::Status s = FindModel(client, flags.model, &model); !s.ok()) return s;
+  *name = model.name();
+  *d_model = model.d_model();
+  return grpc::Status::OK;
+}
+
+// `attnctl infer --protocol v2`: the request as a ModelInferRequest; the
+// reply as v2 JSON, or its outputs as PREFIX<name>.npy files.
+int InferV2(AttentionClient& client, const v1::AttendRequest& request, const RequestFlags& flags,
+            const std::string& npy_prefix) {
+  absl::StatusOr<inference::ModelInferRequest> v2_request = ToModelInfer(request, flags.datatype);
+  if (!v2_request.ok()) return UsageError(std::string(v2_request.status().message()));
+  inference::ModelInferResponse reply;
+  if (grpc::Status s = V2Client(&client).ModelInfer(*v2_request, &reply); !s.ok()) {
+    return ServerError(s);
+  }
+  if (npy_prefix.empty()) {
+    std::printf("%s\n", ModelInferJson(reply).c_str());
+    return kExitOk;
+  }
+  std::vector<std::string> paths;
+  if (absl::Status s = WriteModelInferNpy(reply, npy_prefix, &paths); !s.ok()) {
+    return UsageError(std::string(s.message()));
+  }
+  reply.clear_raw_output_contents();
+  std::printf("{\"reply\": %s, \"npy\": [\"%s\"]}\n", ModelInferJson(reply).c_str(),
+              absl::StrJoin(paths, "\", \"").c_str());
+  return kExitOk;
+}
+
 std::string ToJson(const google::protobuf::Message& message) {
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;
@@ -149,12 +197,16 @@ int Infer(AttentionClient& client, const std::string& json_path, const std::stri
       return UsageError(absl::StrCat(npy_path, ": ", s.message()));
     }
   } else {
-    v1::ModelInfo model;
-    if (grpc::Status s = FindModel(client, flags.model, &model); !s.ok()) return ServerError(s);
+    std::string name;
+    uint32_t d_model = 0;
+    if (grpc::Status s = ModelWidth(client, flags, &name, &d_model); !s.ok()) {
+      return ServerError(s);
+    }
     std::mt19937 rng(seed);
-    request = RandomRequest(rng, random_rows, model.d_model());
+    request = RandomRequest(rng, random_rows, d_model);
   }
   if (absl::Status s = flags.Apply(&request); !s.ok()) return UsageError(std::string(s.message()));
+  if (flags.v2()) return InferV2(client, request, flags, npy_prefix);
   v1::AttendResponse reply;
   if (grpc::Status s = client.Attend(request, &reply); !s.ok()) return ServerError(s);
   if (npy_prefix.empty()) {
@@ -283,8 +335,11 @@ int Bench(AttentionClient& client, BenchFlags& bench, const RequestFlags& flags)
     bench.load.total = 200;  // as ghz: a bounded run by default
   }
   bench.load.deadline_ms = client.options().deadline_ms;
-  v1::ModelInfo model;
-  if (grpc::Status s = FindModel(client, flags.model, &model); !s.ok()) return ServerError(s);
+  std::string model_name;
+  uint32_t d_model = 0;
+  if (grpc::Status s = ModelWidth(client, flags, &model_name, &d_model); !s.ok()) {
+    return ServerError(s);
+  }
   std::vector<v1::AttendRequest> requests;
   if (!bench.data_path.empty()) {
     absl::StatusOr<std::vector<v1::AttendRequest>> read = ReadRequestsJson(bench.data_path);
@@ -296,22 +351,29 @@ int Bench(AttentionClient& client, BenchFlags& bench, const RequestFlags& flags)
     std::mt19937 rng(bench.seed);
     std::map<uint32_t, v1::AttendRequest> by_length;  // one input per length
     for (uint32_t L : *lengths) {
-      if (!by_length.count(L)) by_length[L] = RandomRequest(rng, L, model.d_model());
+      if (!by_length.count(L)) by_length[L] = RandomRequest(rng, L, d_model);
       requests.push_back(by_length[L]);
     }
   }
   std::vector<LoadRequest> mix;
   for (v1::AttendRequest& r : requests) {
     if (absl::Status s = flags.Apply(&r); !s.ok()) return UsageError(std::string(s.message()));
-    mix.push_back(MakeLoadRequest(r, model.d_model()));
+    if (!flags.v2()) {
+      mix.push_back(MakeLoadRequest(r, d_model));
+      continue;
+    }
+    absl::StatusOr<LoadRequest> load = MakeV2LoadRequest(r, d_model, flags.datatype);
+    if (!load.ok()) return UsageError(std::string(load.status().message()));
+    mix.push_back(*std::move(load));
   }
   absl::StatusOr<LoadReport> report = RunLoad(client.options(), bench.load, mix);
   if (!report.ok()) return UsageError(std::string(report.status().message()));
   if (bench.format == "json") {
     std::printf("%s\n", ReportJson(*report).c_str());
   } else {
-    std::printf("target %s, model %s, %s\n%s", client.options().target.c_str(),
-                model.name().c_str(),
+    std::printf("target %s, model %s%s, %s\n%s", client.options().target.c_str(),
+                model_name.c_str(),
+                flags.v2() ? absl::StrCat(" (KServe v2, ", flags.datatype, ")").c_str() : "",
                 bench.load.rps > 0 ? absl::StrCat("open loop at ", bench.load.rps, " calls/s").c_str()
                                    : absl::StrCat("closed loop, ", bench.load.concurrency,
                                                   " in flight").c_str(),

@@ -1,4 +1,5 @@
 #include "client/load_generator.h"
+#include "client/v2_client.h"
 
 #include <algorithm>
 #include <chrono>
@@ -170,7 +171,8 @@ class Run {
     slot.reply.Clear();
     slot.sent = scheduled;
     stubs_[call_index % stubs_.size()]->UnaryCall(
-        slot.context.get(), kAttendMethod, grpc::StubOptions(), &requests_[slot.request],
+        slot.context.get(), mix_[slot.request].v2 ? kModelInferMethod : kAttendMethod,
+        grpc::StubOptions(), &requests_[slot.request],
         &slot.reply, [this, slot_index](grpc::Status status) { Done(slot_index, status); });
   }
 
@@ -214,7 +216,10 @@ class Run {
     const Clock::time_point now = Clock::now();
     ReplySummary summary;
     const LoadRequest& request = mix_[slot.request];
-    const bool well_formed = status.ok() && ScanReply(&slot.reply, &summary) &&
+    const bool scanned =
+        request.v2 ? ScanModelInferReply(&slot.reply, &summary.stats, &summary.output_floats)
+                   : ScanReply(&slot.reply, &summary);
+    const bool well_formed = status.ok() && scanned &&
                              summary.output_floats == request.output_floats;
     {
       std::lock_guard<std::mutex> lock(mu_);

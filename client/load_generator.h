@@ -1,5 +1,5 @@
 // The load generator behind `attnctl bench` and bench/serve_bench: drives
-// Attention.Attend over gRPC's callback API (no thread per call, as ghz) in a
+// Attention.Attend (or KServe v2 ModelInfer, see v2_client.h) over gRPC's callback API (no thread per call, as ghz) in a
 // closed loop (a fixed number of calls always in flight) or an open loop (a
 // fixed arrival rate), over one or more connections, and reports throughput,
 // latency percentiles, status codes and the batch sizes the server reports.
@@ -45,7 +45,8 @@ struct LoadOptions {
 
 // One request of the mix, serialized. Calls take the mix's requests in turn.
 struct LoadRequest {
-  std::string bytes;       // a serialized v1::AttendRequest
+  std::string bytes;       // a serialized v1::AttendRequest (v2: inference.ModelInferRequest)
+  bool v2 = false;         // sent to KServe v2 ModelInfer instead of Attention.Attend
   uint32_t tokens = 0;     // its L
   uint32_t output_floats = 0;  // floats a reply's output must hold
 };

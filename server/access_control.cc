@@ -15,9 +15,13 @@ namespace {
 
 constexpr const char* kReasonNames[] = {"no_token", "bad_token", "denied"};
 
-// Services every caller may use without credentials.
+// Services every caller may use without credentials. KServe v2's ServerLive
+// and ServerReady are health probes too (they say nothing about models);
+// ModelReady, the metadata calls and ModelInfer are guarded like attnserve.v1.
 bool IsOpenPath(std::string_view path) {
   return path.starts_with("/grpc.health.v1.Health/") ||
+         path == "/inference.GRPCInferenceService/ServerLive" ||
+         path == "/inference.GRPCInferenceService/ServerReady" ||
          path.starts_with("/grpc.reflection.v1alpha.ServerReflection/") ||
          path.starts_with("/grpc.reflection.v1.ServerReflection/");
 }

@@ -6,8 +6,9 @@
 // attnserve_auth_failures_total{reason} and logs each kind at most once a
 // second. Thread-safe.
 //
-// Health (grpc.health.v1.Health) and reflection calls are always allowed:
-// probes and tools carry no credentials.
+// Health (grpc.health.v1.Health, and KServe v2's ServerLive and ServerReady)
+// and reflection calls are always allowed: probes and tools carry no
+// credentials.
 #ifndef ATTNSERVE_SERVER_ACCESS_CONTROL_H_
 #define ATTNSERVE_SERVER_ACCESS_CONTROL_H_
 

@@ -79,6 +79,9 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   service_options.stream_window = options.stream_window;
   s->service_ = std::make_unique<AttentionService>(s->registry_.get(), s->metrics_.get(),
                                                    &s->clock_, service_options);
+  s->v2_service_ = std::make_unique<InferenceService>(
+      s->registry_.get(), s->metrics_.get(), &s->clock_,
+      InferenceServiceOptions{.max_message_bytes = options.max_message_bytes});
 
   if (absl::Status tls = CheckTlsFiles(options.security); !tls.ok()) return tls;
   s->cert_log_watcher_ = WatchCertificateForLog(options.security, &s->clock_);
@@ -93,6 +96,7 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
       &s->port_);
   builder.SetOption(std::make_unique<ReflectionOption>(options.security.reflection));
   builder.RegisterService(s->service_.get());
+  builder.RegisterService(s->v2_service_.get());
   // Bounds what gRPC buffers (incoming and outgoing messages, call state):
   // under pressure it shrinks flow-control windows and cancels streams with
   // RESOURCE_EXHAUSTED rather than growing without bound.
@@ -141,7 +145,8 @@ void AttnServer::LingerWhileRefusing(int64_t drain_start_us,
   while (std::chrono::steady_clock::now() < stop) {
     // Calls already on the wire when draining began arrive a little later:
     // the quiet period counts from the start of the drain at the earliest.
-    const int64_t last = std::max(service_->last_refusal_us(), drain_start_us);
+    const int64_t last = std::max(
+        {service_->last_refusal_us(), v2_service_->last_refusal_us(), drain_start_us});
     const int64_t quiet_us = std::chrono::duration_cast<std::chrono::microseconds>(kQuiet).count();
     if (clock_.NowMicros() - last >= quiet_us) return;
     std::this_thread::sleep_for(kPoll);
@@ -163,8 +168,9 @@ bool AttnServer::Drain() {
   server_->GetHealthCheckService()->SetServingStatus(false);
   if (health_server_ != nullptr) health_server_->GetHealthCheckService()->SetServingStatus(false);
   service_->StartDraining();
+  v2_service_->StartDraining();
   registry_->StartDraining();
-  const bool answered = service_->WaitIdle(deadline);
+  const bool answered = service_->WaitIdle(deadline) && v2_service_->WaitIdle(deadline);
   if (!answered) {
     spdlog::error("drain: requests still unanswered after {} ms; shutting down anyway",
                   options_.drain_timeout_ms);

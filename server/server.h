@@ -1,5 +1,5 @@
 // AttnServer: a running attnserve — the model registry, the gRPC server
-// (Attention service, health, reflection) and the metrics endpoint — built
+// (Attention service, KServe v2 inference service, health, reflection) and the metrics endpoint — built
 // from ServerOptions. Used by main() and by in-process tests. Thread-safe.
 #ifndef ATTNSERVE_SERVER_SERVER_H_
 #define ATTNSERVE_SERVER_SERVER_H_
@@ -24,6 +24,7 @@ class CallbackGenericService;
 #include "server/model_registry.h"
 #include "server/options.h"
 #include "server/service.h"
+#include "server/v2_service.h"
 
 namespace attnserve::server {
 
@@ -69,6 +70,7 @@ class AttnServer {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<ModelRegistry> registry_;
   std::unique_ptr<AttentionService> service_;
+  std::unique_ptr<InferenceService> v2_service_;  // KServe v2, same port
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   int metrics_port_ = 0;

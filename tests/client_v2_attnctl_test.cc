@@ -1,0 +1,170 @@
+// attnctl --protocol v2 (KServe v2 ModelInfer), the real binary, against a
+// real in-process server on 127.0.0.1 (tests/golden/data): infer with FP32,
+// BF16 and FP16 input equals the reference engine on the values sent;
+// --output-npy writes every output; errors exit 1 with the code; bench
+// reports exactly the calls it made, and the server counted them as v2.
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "client/tensor_io.h"
+#include "tests/e2e_util.h"
+#include "tests/test_util.h"
+#include "tests/v2_util.h"
+
+namespace attnserve::testing {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+constexpr char kModel[] = "mha_plain";  // fp32: the reference agrees to 1e-5
+constexpr uint32_t kD = 32;
+
+class AttnctlV2Test : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server::ServerOptions options = LoopbackOptions(GoldenRepository());
+    options.default_model = kModel;
+    server_ = StartLoopbackServer(options).release();
+    oracle_ = new ReferenceOracle(GoldenRepository());
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete oracle_;
+  }
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr);
+    dir_ = ::testing::TempDir() + "attnctl_v2_" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // attnctl ARGS... --target <the server> (global flags after the subcommand).
+  static RunResult Attnctl(std::vector<std::string> args) {
+    args.insert(args.begin(), ATTNCTL_BINARY);
+    args.insert(args.end(), {"--target", LoopbackTarget(server_->port()), "--deadline-ms", "20000"});
+    return RunToExit(args, {}, std::chrono::seconds(60));
+  }
+  static nlohmann::json LastJson(const std::string& output) {
+    const size_t start = output.rfind("\n{") == std::string::npos ? output.find('{')
+                                                                    : output.rfind("\n{") + 1;
+    return nlohmann::json::parse(output.substr(start));
+  }
+  // A JSON file with one AttendRequest of `rows` x kD values.
+  std::string RequestFile(const std::vector<float>& values, uint32_t rows) const {
+    nlohmann::json j = {{"model", kModel},
+                        {"request_id", "from-json"},
+                        {"input", {{"rows", rows}, {"cols", kD}, {"data", values}}}};
+    const std::string path = dir_ + "/request.json";
+    std::ofstream(path) << j.dump();
+    return path;
+  }
+
+  static server::AttnServer* server_;
+  static ReferenceOracle* oracle_;
+  std::string dir_;
+};
+server::AttnServer* AttnctlV2Test::server_ = nullptr;
+ReferenceOracle* AttnctlV2Test::oracle_ = nullptr;
+
+TEST_F(AttnctlV2Test, InferEqualsTheReferenceForEachDatatype) {
+  std::mt19937 rng(3);
+  const std::vector<float> values = RandomVector(rng, 5 * kD, 1.0f);
+  const std::string file = RequestFile(values, 5);
+  for (const std::string type : {"FP32", "BF16", "FP16"}) {
+    SCOPED_TRACE(type);
+    const RunResult run = Attnctl({"infer", "--protocol", "v2", "--datatype", type, "--json", file,
+                                   "--causal", "--weights", "per-head"});
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    const nlohmann::json reply = LastJson(run.output);
+    EXPECT_EQ(reply["model_name"], kModel);
+    EXPECT_EQ(reply["id"], "from-json");
+    EXPECT_GE(reply["parameters"]["batch_size"].get<int>(), 1);
+    ASSERT_EQ(reply["outputs"].size(), 2u);
+    EXPECT_EQ(reply["outputs"][0]["name"], "output");
+    EXPECT_EQ(reply["outputs"][0]["shape"], nlohmann::json({5, kD}));
+    EXPECT_EQ(reply["outputs"][1]["name"], "attention");
+    EXPECT_EQ(reply["outputs"][1]["shape"], nlohmann::json({4, 5, 5}));
+    // The reference on the values as they travelled.
+    std::vector<float> seen = values;
+    for (float& v : seen) {
+      if (type == "BF16") v = v2::FromBf16(v2::ToBf16(v));
+      if (type == "FP16") v = v2::FromFp16(v2::ToFp16(v));
+    }
+    v1::AttendRequest request;
+    request.mutable_input()->set_rows(5);
+    request.mutable_input()->set_cols(kD);
+    request.mutable_input()->mutable_data()->Add(seen.begin(), seen.end());
+    request.mutable_mask()->set_causal(true);
+    request.set_weights(v1::WEIGHTS_PER_HEAD);
+    v1::AttendResponse got;
+    got.mutable_output()->set_rows(5);
+    got.mutable_output()->set_cols(kD);
+    for (float v : reply["outputs"][0]["data"]) got.mutable_output()->add_data(v);
+    const std::vector<float> att = reply["outputs"][1]["data"];
+    for (int h = 0; h < 4; ++h) {
+      v1::Matrix* m = got.add_attention();
+      m->set_rows(5);
+      m->set_cols(5);
+      m->mutable_data()->Add(att.begin() + h * 25, att.begin() + (h + 1) * 25);
+    }
+    EXPECT_TRUE(oracle_->Matches(kModel, request, got));
+  }
+}
+
+TEST_F(AttnctlV2Test, OutputNpyWritesEveryOutput) {
+  const RunResult run = Attnctl({"infer", "--protocol", "v2", "--random", "6", "--weights", "mean",
+                                 "--pooling", "first", "--output-npy", dir_ + "/r_"});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  auto output = client::ReadNpy(dir_ + "/r_output.npy");
+  auto attention = client::ReadNpy(dir_ + "/r_attention.npy");
+  ASSERT_TRUE(output.ok()) << output.status();
+  ASSERT_TRUE(attention.ok()) << attention.status();
+  EXPECT_THAT(output->shape, ElementsAre(1, kD));
+  EXPECT_THAT(attention->shape, ElementsAre(6, 6));
+  for (int i = 0; i < 6; ++i) {  // softmax rows sum to 1
+    double sum = 0;
+    for (int j = 0; j < 6; ++j) sum += attention->data[i * 6 + j];
+    EXPECT_NEAR(sum, 1.0, 1e-5);
+  }
+}
+
+TEST_F(AttnctlV2Test, ErrorsExitOneWithTheCode) {
+  RunResult run = Attnctl({"infer", "--protocol", "v2", "--random", "2", "--model", "nope"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.output, HasSubstr("error: NOT_FOUND"));
+  run = Attnctl({"infer", "--protocol", "v2", "--random", "2", "--edges", "0,7"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.output, HasSubstr("error: INVALID_ARGUMENT: input 'edges'"));
+  run = Attnctl({"infer", "--protocol", "v3", "--random", "2"});
+  EXPECT_EQ(run.exit_code, 2);
+}
+
+TEST_F(AttnctlV2Test, BenchReportsExactlyTheCallsItMade) {
+  const double before = CounterValue(server_->metrics(), "attnserve_v2_requests_total",
+                                     {{"method", "ModelInfer"}, {"code", "OK"}});
+  for (const std::string type : {"FP32", "BF16"}) {
+    const RunResult run = Attnctl({"bench", "--protocol", "v2", "--datatype", type, "-n", "40",
+                                   "-c", "4", "--lengths", "4,16", "--format", "json"});
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    const nlohmann::json report = LastJson(run.output);
+    EXPECT_EQ(report["calls"], 40);
+    EXPECT_EQ(report["ok"], 40);
+    EXPECT_GE(report["mean_batch_size"].get<double>(), 1.0);
+    EXPECT_GT(report["mean_compute_ms"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(CounterValue(server_->metrics(), "attnserve_v2_requests_total",
+                         {{"method", "ModelInfer"}, {"code", "OK"}}) - before,
+            80);
+}
+
+}  // namespace
+}  // namespace attnserve::testing
