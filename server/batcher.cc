@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <new>
 #include <string>
 #include <utility>
 
@@ -45,7 +46,8 @@ absl::Status ValidateOptions(const BatcherOptions& options) {
 
 // Calls `done` once. A throwing callback must not take the batch thread (and
 // the process) down with it; there is nobody left to tell, so it is dropped.
-void Finish(BatchTask& task, absl::StatusOr<core::SequenceOutput> result, const BatchStats& stats) {
+void CallDone(BatchTask& task, absl::StatusOr<core::SequenceOutput> result,
+              const BatchStats& stats) {
   try {
     task.done(std::move(result), stats);
   } catch (...) {
@@ -93,25 +95,52 @@ absl::Status Batcher::Submit(BatchTask task) {
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (draining_) return absl::UnavailableError("server is draining");
-    if (queue_.size() >= options_.max_queue_size) {
-      return absl::ResourceExhaustedError(absl::StrCat("queue full: ", queue_.size(),
-                                                       " requests waiting (max_queue_size ",
-                                                       options_.max_queue_size, ")"));
-    }
-    if (held_bytes_ + bytes > options_.max_queue_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "queue memory budget full: requests waiting or running hold ", held_bytes_,
-          " bytes and this one needs ", bytes, " (max_queue_bytes ", options_.max_queue_bytes,
-          ")"));
-    }
-    queued_tokens_ += task.input.length;
-    held_bytes_ += bytes;
-    // The clock is read under mu_ so enqueued_us never decreases along the
-    // queue: the head is always the oldest request.
-    queue_.push_back(Queued{std::move(task), clock_->NowMicros(), bytes});
+    if (absl::Status s = AdmitLocked(bytes); !s.ok()) return s;
   }
-  cv_.notify_all();
+  // Admitted and charged: only now allocate what the task needs.
+  absl::Status prepared = CallPrepare(task);
+  const uint32_t length = task.input.length;
+  bool queued = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --preparing_;
+    if (prepared.ok()) {
+      try {  // strong guarantee: on bad_alloc the queue is unchanged
+        // The clock is read under mu_ so enqueued_us never decreases along
+        // the queue: the head is always the oldest request.
+        queue_.push_back(Queued{std::move(task), clock_->NowMicros(), bytes});
+        queued = true;
+      } catch (const std::bad_alloc&) {
+      }
+    }
+    if (queued) {
+      queued_tokens_ += length;
+    } else {
+      held_bytes_ -= bytes;
+    }
+  }
+  cv_.notify_all();  // queued, or the last preparing task gone (a drain may end)
+  if (!prepared.ok()) return prepared;
+  if (!queued) return absl::ResourceExhaustedError("out of memory queueing the request");
+  return absl::OkStatus();
+}
+
+absl::Status Batcher::AdmitLocked(uint64_t bytes) {
+  if (draining_) return absl::UnavailableError("server is draining");
+  const size_t waiting = queue_.size() + preparing_;
+  if (waiting >= options_.max_queue_size) {
+    return absl::ResourceExhaustedError(absl::StrCat("queue full: ", waiting,
+                                                     " requests waiting (max_queue_size ",
+                                                     options_.max_queue_size, ")"));
+  }
+  if (held_bytes_ + bytes > options_.max_queue_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "queue memory budget full: requests waiting or running hold ", held_bytes_,
+        " bytes and this one needs ", bytes, " (max_queue_bytes ", options_.max_queue_bytes,
+        ")"));
+  }
+  held_bytes_ += bytes;
+  ++preparing_;
   return absl::OkStatus();
 }
 
@@ -155,7 +184,7 @@ uint64_t Batcher::held_bytes() const {
 
 void Batcher::Answer(Queued& queued, absl::StatusOr<core::SequenceOutput> result,
                      const BatchStats& stats) {
-  Finish(queued.task, std::move(result), stats);
+  CallDone(queued.task, std::move(result), stats);
   std::lock_guard<std::mutex> lock(mu_);
   held_bytes_ -= queued.bytes;
 }
@@ -179,7 +208,7 @@ void Batcher::Loop() {
       lock.unlock();
       ReportDepth(depth);
       lock.lock();
-    } else if (draining_ && queue_.empty()) {
+    } else if (draining_ && queue_.empty() && preparing_ == 0) {
       // Everything accepted has been answered and nothing more can come.
       loop_ended_ = true;
       cv_.notify_all();  // WaitDrained
@@ -282,6 +311,21 @@ void Batcher::RunBatch(std::vector<Queued> batch, int64_t start_us) {
     } else {
       Answer(live[i], std::move((*outputs)[i]), stats);
     }
+  }
+}
+
+absl::Status Batcher::CallPrepare(BatchTask& task) {
+  if (!task.prepare) return absl::OkStatus();
+  try {
+    task.prepare(task.input);
+    return absl::OkStatus();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        "out of memory allocating the reply of an admitted request; retry later");
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("preparing the request failed: ", e.what()));
+  } catch (...) {
+    return absl::InternalError("preparing the request failed: a non-standard exception");
   }
 }
 

@@ -5,11 +5,16 @@
 // Thread-safe: Submit may be called from any number of threads.
 //
 // Contract:
-// - Submit never blocks on computation. It returns OK (the task is accepted
-//   and its `done` will be called exactly once, from the batch thread),
-//   RESOURCE_EXHAUSTED (queue full, or the memory budget below full) or
-//   UNAVAILABLE (draining); on an error `done` is never called and the
-//   caller still owns the reply.
+// - Submit never blocks on computation. It returns OK (the
+//   task is accepted and its `done` will be called exactly once, from the
+//   batch thread), RESOURCE_EXHAUSTED (queue full, the memory budget below
+//   full, or `prepare` out of memory) or UNAVAILABLE (draining); on an error
+//   `done` is never called and the caller still owns the reply. It throws
+//   only std::bad_alloc (building an error message), and then leaves no trace:
+//   nothing queued, nothing charged.
+// - Admission comes first: the task's `prepare` (which allocates its reply)
+//   runs only once the queue and memory budgets have admitted it, so a
+//   refused request never allocates its reply.
 // - Memory bound: every task is charged task_bytes(input) (the service's
 //   function: input, reply output and the attention weights it asks for)
 //   from Submit until its `done` returns; the charges of all tasks never
@@ -83,6 +88,12 @@ struct BatchTask {
   int64_t deadline_us = std::numeric_limits<int64_t>::max();
   // Optional; true once the caller no longer wants the reply.
   std::function<bool()> cancelled;
+  // Optional; called once by Submit after the task has been admitted (queue
+  // and memory budgets) and before it is queued, without the batcher's lock:
+  // allocates what only an admitted task needs (the service's reply buffer,
+  // input.output_buffer). If it throws, the task is not queued and Submit
+  // returns RESOURCE_EXHAUSTED (std::bad_alloc) or INTERNAL (anything else).
+  std::function<void(core::SequenceInput&)> prepare;
   // Called exactly once, from the batch thread, with the output or an error
   // (DEADLINE_EXCEEDED, CANCELLED, the engine's error for the whole batch,
   // or this sequence's own SequenceOutput::status).
@@ -150,6 +161,9 @@ class Batcher {
   // Calls the task's `done` and then returns its bytes to the budget.
   void Answer(Queued& queued, absl::StatusOr<core::SequenceOutput> result,
               const BatchStats& stats);
+  // REQUIRES: mu_ held. Checks draining and both budgets for a task of
+  // `bytes`; on OK charges it and counts it as preparing.
+  absl::Status AdmitLocked(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Loop();
   // REQUIRES: mu_ held. True when the queue holds a full batch, or the oldest
   // request has waited long enough, or the batcher is draining.
@@ -165,6 +179,8 @@ class Batcher {
   void RunBatch(std::vector<Queued> batch, int64_t start_us);
   // Answers the expired and cancelled tasks of `batch`; returns the others.
   std::vector<Queued> DropUnwanted(std::vector<Queued> batch, int64_t start_us);
+  // task.prepare (if any), with an exception turned into a status.
+  static absl::Status CallPrepare(BatchTask& task);
   // run_, with any exception turned into INTERNAL.
   absl::StatusOr<std::vector<core::SequenceOutput>> CallRun(
       std::span<const core::SequenceInput> inputs);
@@ -184,6 +200,10 @@ class Batcher {
   uint64_t queued_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t held_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  // Tasks admitted and charged whose `prepare` runs now (outside mu_): they
+  // count against max_queue_size, and the batch thread does not end while any
+  // is left (it will be queued).
+  uint32_t preparing_ ABSL_GUARDED_BY(mu_) = 0;
   bool loop_ended_ ABSL_GUARDED_BY(mu_) = false;  // the batch thread has returned
 
   // Batch thread only: the depth last given to hooks_.on_queue_depth. Depth is

@@ -1,9 +1,9 @@
 // attnserve: multi-head self-attention over gRPC. Flags: attnserve --help.
 // SIGTERM/SIGINT drain gracefully (see AttnServer::Drain) and exit 0; exit 1
 // right at the deadline (--drain-timeout-ms, plus at most 1 s) when
-// accepted requests were still unanswered or a batch was still computing
-// then; exit 2
-// on a bad flag or a startup failure (bad model repository, port in use).
+// accepted requests were still unanswered, replies still undelivered (a
+// client not reading) or a batch was still computing then; exit 2 on a bad
+// flag or a startup failure (bad model repository, port in use).
 
 #include <signal.h>
 

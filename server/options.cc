@@ -59,6 +59,7 @@ absl::Status Validate(const ServerOptions& o) {
       {"max-message-bytes", o.max_message_bytes, 4096, INT32_MAX},  // gRPC takes an int
       {"drain-timeout-ms", o.drain_timeout_ms, 0, kNoMax},
       {"stream-window", o.stream_window, 1, kNoMax},
+      {"stream-window-bytes", o.stream_window_bytes, 1, kNoMax},
       {"max-memory-bytes", o.max_memory_bytes, 0, kNoMax},  // 0 = DefaultMaxMemoryBytes()
       {"max-connection-age-ms", o.max_connection_age_ms, 0, kNoMax},
   };
@@ -204,6 +205,11 @@ absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions
   Flag(app, "stream-window", o.stream_window,
        "Most messages of one AttendStream held at once (read and not yet answered, or "
        "answered and not yet written); reading pauses there until replies are written");
+  Flag(app, "stream-window-bytes", o.stream_window_bytes,
+       "Bytes of one AttendStream's messages in flight (input, output, attention weights) and "
+       "unwritten replies at which reading pauses until replies are written (suffixes Ki, Mi, "
+       "Gi); a single larger message is still read once the stream holds less")
+      ->transform(CLI::AsSizeValue(false));
   Flag(app, "max-memory-bytes", o.max_memory_bytes,
        "gRPC's memory quota for message buffers and call state (suffixes Ki, Mi, Gi; 0 = a "
        "quarter of the container's memory limit, or 1 GiB without one); beyond it calls "

@@ -35,6 +35,11 @@ struct ServerOptions {
   // Most messages of one AttendStream the server holds at once (read and not
   // yet answered, or answered and not yet written); reading pauses there.
   uint32_t stream_window = 8;
+  // Bytes of one AttendStream's held messages (request, output and attention
+  // weights while computed) and unwritten replies at which reading pauses
+  // until replies are written. A message is never refused for its size: one
+  // larger than this is read once the stream holds less.
+  int64_t stream_window_bytes = int64_t{64} << 20;
   // gRPC's memory quota (ResourceQuota), bytes: the transport's buffers of
   // incoming and outgoing messages and call state. 0 = the default:
   // DefaultMaxMemoryBytes().

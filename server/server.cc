@@ -77,6 +77,7 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   ServiceOptions service_options;
   service_options.max_message_bytes = options.max_message_bytes;
   service_options.stream_window = options.stream_window;
+  service_options.stream_window_bytes = options.stream_window_bytes;
   s->service_ = std::make_unique<AttentionService>(s->registry_.get(), s->metrics_.get(),
                                                    &s->clock_, service_options);
   s->v2_service_ = std::make_unique<InferenceService>(
@@ -134,21 +135,19 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
 
 // gRPC cancels (CANCELLED, which clients do not retry) calls that arrive once
 // Shutdown has begun. So while callers keep arriving, stay up refusing them
-// with UNAVAILABLE; stop after kQuiet without a refusal (counted from the start
+// with UNAVAILABLE; stop after kQuietUs without a refusal (counted from the start
 // of the drain), or after kMaxLinger, and never past the drain deadline.
-void AttnServer::LingerWhileRefusing(int64_t drain_start_us,
-                                     std::chrono::steady_clock::time_point deadline) {
-  constexpr auto kQuiet = std::chrono::milliseconds(200);
-  constexpr auto kMaxLinger = std::chrono::seconds(2);
+void AttnServer::LingerWhileRefusing(int64_t drain_start_us, int64_t deadline_us) {
+  constexpr int64_t kQuietUs = 200'000;
+  constexpr int64_t kMaxLingerUs = 2'000'000;
   constexpr auto kPoll = std::chrono::milliseconds(20);
-  const auto stop = std::min(deadline, std::chrono::steady_clock::now() + kMaxLinger);
-  while (std::chrono::steady_clock::now() < stop) {
+  const int64_t stop_us = std::min(deadline_us, clock_.NowMicros() + kMaxLingerUs);
+  while (clock_.NowMicros() < stop_us) {
     // Calls already on the wire when draining began arrive a little later:
     // the quiet period counts from the start of the drain at the earliest.
     const int64_t last = std::max(
         {service_->last_refusal_us(), v2_service_->last_refusal_us(), drain_start_us});
-    const int64_t quiet_us = std::chrono::duration_cast<std::chrono::microseconds>(kQuiet).count();
-    if (clock_.NowMicros() - last >= quiet_us) return;
+    if (clock_.NowMicros() - last >= kQuietUs) return;
     std::this_thread::sleep_for(kPoll);
   }
 }
@@ -157,12 +156,11 @@ bool AttnServer::Drain() {
   std::lock_guard<std::mutex> lock(drain_mu_);
   if (drained_) return drain_result_;
   drained_ = true;
-  const auto timeout = std::chrono::milliseconds(options_.drain_timeout_ms);
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
   const int64_t drain_start_us = clock_.NowMicros();
   const int64_t deadline_us = drain_start_us + options_.drain_timeout_ms * 1000;
   // 1. Tell load balancers and probes first, 2. refuse new work and flush the
-  // queues, 3. answer what was accepted, 4. keep refusing (UNAVAILABLE, which
+  // queues, 3. answer what was accepted and deliver the replies (waiting for
+  // a slow reader's flow control too), 4. keep refusing (UNAVAILABLE, which
   // clients retry elsewhere) until callers have noticed, 5. end the batch
   // threads, 6. stop the transport. Every phase ends by the drain deadline.
   server_->GetHealthCheckService()->SetServingStatus(false);
@@ -170,19 +168,19 @@ bool AttnServer::Drain() {
   service_->StartDraining();
   v2_service_->StartDraining();
   registry_->StartDraining();
-  const bool answered = service_->WaitIdle(deadline) && v2_service_->WaitIdle(deadline);
+  const bool answered = service_->WaitIdle(deadline_us) && v2_service_->WaitIdle(deadline_us);
   if (!answered) {
-    spdlog::error("drain: requests still unanswered after {} ms; shutting down anyway",
-                  options_.drain_timeout_ms);
+    spdlog::error("drain: requests still unanswered or replies undelivered after {} ms; "
+                  "shutting down anyway", options_.drain_timeout_ms);
   }
-  LingerWhileRefusing(drain_start_us, deadline);
+  LingerWhileRefusing(drain_start_us, deadline_us);
   const bool batchers_done = registry_->Drain(deadline_us);
   if (!batchers_done) {
     spdlog::error("drain: a batch is still computing at the {} ms deadline", options_.drain_timeout_ms);
   }
   // A slow transport stop alone (everything answered, no batch left) is
   // logged but not a failed drain: nothing accepted is lost.
-  StopTransport(deadline - std::chrono::steady_clock::now());
+  StopTransport(std::chrono::microseconds(deadline_us - clock_.NowMicros()));
   drain_result_ = answered && batchers_done;
   if (health_server_ != nullptr) {  // last: probes see NOT_SERVING until the end
     // Probes make short unary calls; this bounds one that is mid-flight.

@@ -44,7 +44,8 @@ class AttnServer {
   Metrics& metrics() { return *metrics_; }
 
   // Graceful drain (SIGTERM): health turns NOT_SERVING, new calls get
-  // UNAVAILABLE, every accepted request is answered, the batch threads end,
+  // UNAVAILABLE, every accepted request is answered and its reply delivered
+  // (to a slow reader too), the batch threads end,
   // then the gRPC server shuts down (idle streams and connections get 500 ms,
   // then are cancelled). Every phase is bounded by one deadline,
   // drain_timeout_ms from the call: Drain returns by then plus 1 s at the
@@ -59,8 +60,8 @@ class AttnServer {
   absl::Status StartHealthServer();
   // Health of `service` on the main server and the health-only server.
   void SetServing(const std::string& service, bool serving);
-  void LingerWhileRefusing(int64_t drain_start_us,
-                           std::chrono::steady_clock::time_point deadline);
+  // Times are clock_ microseconds.
+  void LingerWhileRefusing(int64_t drain_start_us, int64_t deadline_us);
   // Shuts the gRPC server down on shutdown_thread_ (see the .cc); true when
   // it stopped in time. `left`: time to the drain deadline.
   bool StopTransport(std::chrono::steady_clock::duration left);

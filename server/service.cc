@@ -1,6 +1,6 @@
 #include "server/service.h"
 
-#include <deque>
+#include <exception>
 #include <limits>
 #include <new>
 #include <random>
@@ -19,7 +19,10 @@ namespace {
 // Label for requests naming a model we do not serve, and for bytes that do
 // not parse: client strings never become label values (that would let
 // clients grow the series without bound).
-constexpr char kUnknownModelLabel[] = "_unknown";
+const std::string& UnknownModelLabel() {
+  static const std::string* const label = new std::string("_unknown");
+  return *label;
+}
 
 // Sizes the reply's output matrix before the request is queued and points the
 // engine at its data, so the engine's unpacking writes straight into the
@@ -65,29 +68,60 @@ grpc::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::AttendRequest* requ
   return grpc::Status::OK;
 }
 
+// The status of a request whose acceptance or reply threw: out of memory is
+// RESOURCE_EXHAUSTED, anything else INTERNAL, each naming `during`. Never
+// throws: if even the message cannot be built, the code comes alone.
+grpc::Status StatusOfException(std::exception_ptr error, const char* during) noexcept {
+  try {
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::bad_alloc&) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          absl::StrCat("out of memory while ", during, "; retry later"));
+    } catch (const std::exception& e) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat(during, " failed: ", e.what()));
+    } catch (...) {
+      return grpc::Status(grpc::StatusCode::INTERNAL,
+                          absl::StrCat(during, " failed: a non-standard exception"));
+    }
+  } catch (...) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "");
+  }
+}
+
 }  // namespace
 
-// A request and its reply, shared by the task's callback until answered. The
+// A request and its reply, shared by the task's callbacks until answered. The
 // request's data is the engine's input; the reply's output matrix is the
 // engine's output buffer.
 struct AttentionService::Work {
+  ReplyFn reply;
+  int64_t received_us = 0;
   v1::AttendRequest request;
   v1::AttendResponse response;
+  std::string id;     // the request_id, given or generated ("" until parsed)
+  std::string model;  // the served model's name ("" until found)
+  uint32_t length = 0;
+  uint64_t admitted_bytes = 0;  // given to CallInfo::on_admitted
 };
 
 // One Attend call. OnCancel raises the flag the batcher polls; OnDone (after
 // Finish) deletes the reactor. Handle may answer inline, before gRPC has
 // bound the reactor: ServerUnaryReactor keeps such a Finish until it does.
+// The status counts as unsent from Finish until OnDone (the drain waits).
 class AttentionService::UnaryCall final : public grpc::ServerUnaryReactor {
  public:
   UnaryCall(AttentionService* service, grpc::CallbackServerContext* context,
             const grpc::ByteBuffer* request, grpc::ByteBuffer* response)
-      : cancelled_(std::make_shared<std::atomic<bool>>(false)) {
-    const CallInfo call{service->DeadlineMicros(context), cancelled_};
+      : service_(service), cancelled_(std::make_shared<std::atomic<bool>>(false)) {
+    const CallInfo call{service->DeadlineMicros(context), cancelled_, {}};
     // After Finish this reactor may be gone: the callback touches nothing else.
-    service->Handle(*request, call, [this, response](const Reply& reply) {
-      if (reply.status.ok()) *response = reply.bytes;
-      Finish(reply.status);
+    // Its captures (two pointers) fit std::function's inline storage: no
+    // allocation that could fail.
+    service->Handle(*request, call, [this, response](Reply& reply) {
+      if (reply.status.ok()) response->Swap(&reply.bytes);
+      service_->HoldUnsent(1);
+      Finish(std::move(reply.status));
     });
     // Handle has parsed the bytes: free them now rather than when the call
     // ends, as gRPC's own deserialization does. The buffer is the handler's
@@ -96,177 +130,14 @@ class AttentionService::UnaryCall final : public grpc::ServerUnaryReactor {
   }
 
   void OnCancel() override { cancelled_->store(true); }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    service_->ReleaseUnsent(1);
+    delete this;
+  }
 
  private:
-  const std::shared_ptr<std::atomic<bool>> cancelled_;
-};
-
-// One AttendStream call: each message goes through Handle (and the batcher);
-// replies are written one at a time in completion order.
-//
-// Every gRPC operation is decided under mu_ (Decide) and started outside it
-// (Act). Invariants, all under mu_:
-// - at most one read and one write outstanding;
-// - held_ = messages accepted and not yet answered + replies not yet
-//   written <= window: a read is started only below the window, so reading
-//   resumes when OnWriteDone frees a slot;
-// - no read starts once an error is set or the call is finishing; a read
-//   that completes then is dropped, never handled;
-// - Finish is decided once, when nothing is accepted-unanswered, nothing is
-//   queued or being written, no StartRead is being issued, and reading is
-//   over (client half-closed) or an error is set.
-// Lifetime: OnDone drops one reference and every message in flight holds
-// one, so a batch thread answering a message never touches a deleted reactor;
-// the batcher sees cancellation only through the shared flag.
-class AttentionService::StreamCall final
-    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
- public:
-  StreamCall(AttentionService* service, grpc::CallbackServerContext* context)
-      : service_(service),
-        cancelled_(std::make_shared<std::atomic<bool>>(false)),
-        call_{service->DeadlineMicros(context), cancelled_},
-        window_(service->options_.stream_window) {
-    Act(Update([](StreamCall*) {}));
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) {  // client half-closed, or the call is gone
-      Act(Update([](StreamCall* s) {
-        s->reading_ = false;
-        s->reads_done_ = true;
-      }));
-      return;
-    }
-    // reading_ stays true until incoming_ has been consumed and cleared: a
-    // message answered meanwhile (inline, or by a batch thread) must not
-    // start the next read into the buffer this reaction is still using.
-    Ref();  // held while this reaction runs
-    bool accept = false;
-    int64_t index = 0;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      accept = !error_set_ && !finishing_;
-      if (accept) {
-        ++unanswered_;
-        index = ++messages_;
-      }
-    }
-    if (accept) {
-      Ref();  // the message's, dropped by MessageDone
-      service_->Handle(incoming_, call_,
-                       [this, index](const Reply& reply) { MessageDone(reply, index); });
-    }
-    incoming_.Clear();
-    Act(Update([](StreamCall* s) { s->reading_ = false; }));
-    Unref();
-  }
-
-  void OnWriteDone(bool ok) override {
-    Act(Update([ok](StreamCall* s) {
-      s->writes_.pop_front();
-      s->writing_ = false;
-      if (!ok) {  // the client is gone: nothing more can be written or read
-        s->broken_ = true;
-        s->reads_done_ = true;
-        s->writes_.clear();
-      }
-    }));
-  }
-
-  void OnCancel() override { cancelled_->store(true); }
-  void OnDone() override { Unref(); }
-
- private:
-  struct Action {
-    const grpc::ByteBuffer* write = nullptr;  // StartWrite this
-    bool read = false;                        // StartRead
-    bool finish = false;                      // Finish with status
-    grpc::Status status;
-  };
-
-  // Applies `change` under the lock, then decides the next gRPC operations.
-  template <typename F>
-  Action Update(F change) {
-    std::lock_guard<std::mutex> lock(mu_);
-    change(this);
-    Action a;
-    if (finishing_) return a;
-    if (!writing_ && !writes_.empty()) {
-      writing_ = true;
-      a.write = &writes_.front();  // deque elements stay put while others are added
-    }
-    if (!reading_ && !reads_done_ && !error_set_ &&
-        unanswered_ + static_cast<int64_t>(writes_.size()) < window_) {
-      reading_ = true;
-      ++starting_reads_;
-      a.read = true;
-    }
-    if (!writing_ && writes_.empty() && unanswered_ == 0 && starting_reads_ == 0 &&
-        (reads_done_ || error_set_)) {
-      finishing_ = true;
-      a.finish = true;
-      a.status = broken_ ? grpc::Status(grpc::StatusCode::CANCELLED, "client went away")
-                         : error_;
-    }
-    return a;
-  }
-
-  // Performs the decided operations, outside the lock.
-  void Act(const Action& a) {
-    if (a.write != nullptr) StartWrite(a.write);
-    if (a.read) {
-      StartRead(&incoming_);
-      // The read is issued: Finish may now be decided (the read then fails).
-      Act(Update([](StreamCall* s) { --s->starting_reads_; }));
-    }
-    if (a.finish) Finish(a.status);
-  }
-
-  void MessageDone(const Reply& reply, int64_t index) {
-    Act(Update([&](StreamCall* s) {
-      --s->unanswered_;
-      if (reply.status.ok()) {
-        if (!s->broken_) s->writes_.push_back(reply.bytes);  // a ByteBuffer copy shares slices
-      } else if (!s->error_set_) {
-        s->error_set_ = true;
-        s->error_ = grpc::Status(
-            reply.status.error_code(),
-            absl::StrCat(reply.request_id.empty() ? absl::StrCat("message ", index)
-                                                  : absl::StrCat("request_id ", reply.request_id),
-                         ": ", reply.status.error_message()));
-      }
-    }));
-    Unref();
-  }
-
-  void Ref() { refs_.fetch_add(1); }
-  void Unref() {
-    if (refs_.fetch_sub(1) == 1) delete this;
-  }
-
   AttentionService* const service_;
   const std::shared_ptr<std::atomic<bool>> cancelled_;
-  const CallInfo call_;
-  const int64_t window_;
-  grpc::ByteBuffer incoming_;  // the read buffer; only touched by the read chain
-  std::atomic<int> refs_{1};   // OnDone's, plus one per message in flight
-
-  std::mutex mu_;
-  // Replies waiting; the front is being written while writing_.
-  std::deque<grpc::ByteBuffer> writes_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool reading_ ABSL_GUARDED_BY(mu_) = false;         // a read is outstanding
-  // StartReads decided, not yet issued: a count, since a read decided in one
-  // reaction may complete and the next be decided before the first returns.
-  int starting_reads_ ABSL_GUARDED_BY(mu_) = 0;
-  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
-  int64_t unanswered_ ABSL_GUARDED_BY(mu_) = 0;       // handed to Handle, not yet answered
-  int64_t messages_ ABSL_GUARDED_BY(mu_) = 0;         // accepted so far
-  bool error_set_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status error_ ABSL_GUARDED_BY(mu_);
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;          // a write failed: the client is gone
-  bool finishing_ ABSL_GUARDED_BY(mu_) = false;       // Finish decided
 };
 
 AttentionService::AttentionService(ModelRegistry* registry, Metrics* metrics, Clock* clock,
@@ -276,7 +147,8 @@ AttentionService::AttentionService(ModelRegistry* registry, Metrics* metrics, Cl
       clock_(clock),
       options_(options),
       hooks_(std::move(hooks)),
-      id_prefix_(absl::StrCat(absl::Hex(std::random_device{}(), absl::kZeroPad8), "-")) {}
+      id_prefix_(absl::StrCat(absl::Hex(std::random_device{}(), absl::kZeroPad8), "-")),
+      failure_log_limiter_(kFailureLogsPerSecond, clock) {}
 
 std::string AttentionService::NewRequestId() {
   return absl::StrCat(id_prefix_, next_id_.fetch_add(1));
@@ -296,66 +168,107 @@ void AttentionService::Handle(const grpc::ByteBuffer& bytes, const CallInfo& cal
                               ReplyFn reply) {
   const int64_t received_us = clock_->NowMicros();
   BeginRequest();
-  auto work = std::make_shared<Work>();
-  if (grpc::Status s = ParseRequest(bytes, &work->request); !s.ok()) {
-    return Refuse(s, kUnknownModelLabel, "", 0, received_us, reply);
+  std::shared_ptr<Work> work;
+  try {
+    work = std::make_shared<Work>();
+    work->reply = std::move(reply);  // std::function's move does not throw
+    work->received_us = received_us;
+    Admit(bytes, call, work);
+  } catch (...) {
+    // Admit threw: the request is neither answered nor queued.
+    grpc::Status status = StatusOfException(std::current_exception(), "accepting the request");
+    if (work == nullptr) {  // not even its Work: answer through `reply` directly
+      RecordOutcome(UnknownModelLabel(), "", 0, status, received_us, {});
+      Reply r{std::move(status), {}, {}, 0};
+      reply(r);
+      EndRequest();
+      return;
+    }
+    Refuse(std::move(status), *work);
   }
-  const v1::AttendRequest& request = work->request;
-  const std::string id = request.request_id().empty() ? NewRequestId() : request.request_id();
-  const uint32_t length = request.input().rows();
-  work->response.set_request_id(id);
-  ServedModel* model = registry_->Find(request.model());
-  if (model == nullptr) {
-    std::vector<std::string> names;
-    for (const auto& m : registry_->models()) names.push_back(m->name());
-    return Refuse(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                               absl::StrCat("model '", request.model(),
-                                            "' is not served here; served models: ",
-                                            absl::StrJoin(names, ", "))),
-                  kUnknownModelLabel, id, length, received_us, reply);
-  }
+}
+
+void AttentionService::Admit(const grpc::ByteBuffer& bytes, const CallInfo& call,
+                             const std::shared_ptr<Work>& work) {
+  Work& w = *work;
+  if (grpc::Status s = ParseRequest(bytes, &w.request); !s.ok()) return Refuse(std::move(s), w);
+  w.id = w.request.request_id().empty() ? NewRequestId() : w.request.request_id();
+  w.length = w.request.input().rows();
+  w.response.set_request_id(w.id);
+  ServedModel* model = registry_->Find(w.request.model());
+  if (model == nullptr) return Refuse(ModelNotFound(w.request.model()), w);
+  w.model = model->name();
   if (draining_.load()) {
     last_refusal_us_.store(clock_->NowMicros());
     return Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                "server is draining for shutdown; retry on another replica"),
-                  model->name(), id, length, received_us, reply);
+                  w);
   }
-  work->response.set_model(model->name());
+  w.response.set_model(w.model);
   BatchTask task;
-  if (grpc::Status s = ValidateRequest(request, model->name(), model->config(),
+  if (grpc::Status s = ValidateRequest(w.request, w.model, model->config(),
                                        options_.max_message_bytes, &task.input);
       !s.ok()) {
-    return Refuse(s, model->name(), id, length, received_us, reply);
+    return Refuse(std::move(s), w);
   }
-  PrepareOutput(model->config().d_model, &task.input, &work->response);
+  if (hooks_.before_submit) hooks_.before_submit(w.request);
   task.deadline_us = call.deadline_us;
   task.cancelled = [cancelled = call.cancelled] { return cancelled->load(); };
-  task.done = [this, work, reply, id, length, received_us, name = model->name()](
-                  absl::StatusOr<core::SequenceOutput> out, const BatchStats& stats) {
-    grpc::ByteBuffer bytes;
-    const grpc::Status status =
-        out.ok() ? BuildReply(*out, stats, work.get(), &bytes) : ToGrpcStatus(out.status());
-    // Free the request and reply now, not when the whole batch is done.
-    work->request = v1::AttendRequest();
-    work->response = v1::AttendResponse();
-    try {  // every request that reached a batch waited in its queue, whatever its fate
-      metrics_->QueueWait(name, stats.queue_us / 1e6);
-    } catch (...) {  // metrics must not keep a call from being answered
-    }
-    RecordOutcome(name, id, length, status, received_us, stats);
-    reply(Reply{status, std::move(bytes), id});
-    EndRequest();
+  // The reply buffer is allocated only once the batcher has admitted the task.
+  task.prepare = [response = &w.response, d_model = model->config().d_model](
+                     core::SequenceInput& input) { PrepareOutput(d_model, &input, response); };
+  task.done = [this, work](absl::StatusOr<core::SequenceOutput> out, const BatchStats& stats) {
+    Complete(*work, std::move(out), stats);
   };
+  if (call.on_admitted) {  // the reply gives these bytes back, however it ends
+    w.admitted_bytes = bytes.Length() + core::SequenceBytes(model->config(), task.input);
+    call.on_admitted(w.admitted_bytes);
+  }
   if (absl::Status s = model->batcher->Submit(std::move(task)); !s.ok()) {
-    Refuse(ToGrpcStatus(s), model->name(), id, length, received_us, reply);
+    Refuse(ToGrpcStatus(s), w);
   }
 }
 
-void AttentionService::Refuse(const grpc::Status& status, const std::string& model_label,
-                              const std::string& id, uint32_t length, int64_t received_us,
-                              const ReplyFn& reply) {
-  RecordOutcome(model_label, id, length, status, received_us, {});
-  reply(Reply{status, {}, id});
+grpc::Status AttentionService::ModelNotFound(const std::string& name) const {
+  std::vector<std::string> names;
+  for (const auto& m : registry_->models()) names.push_back(m->name());
+  return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                      absl::StrCat("model '", name, "' is not served here; served models: ",
+                                   absl::StrJoin(names, ", ")));
+}
+
+void AttentionService::Refuse(grpc::Status status, Work& work) {
+  const std::string& label = work.model.empty() ? UnknownModelLabel() : work.model;
+  RecordOutcome(label, work.id, work.length, status, work.received_us, {});
+  grpc::ByteBuffer none;
+  Deliver(work, std::move(status), &none);
+}
+
+void AttentionService::Complete(Work& work, absl::StatusOr<core::SequenceOutput> out,
+                                const BatchStats& stats) {
+  grpc::ByteBuffer bytes;
+  grpc::Status status;
+  try {
+    status = out.ok() ? BuildReply(*out, stats, &work, &bytes) : ToGrpcStatus(out.status());
+  } catch (...) {  // ToGrpcStatus copies the message
+    status = StatusOfException(std::current_exception(), "building the reply");
+  }
+  // Free the request, reply and weights now, not when the whole batch is done.
+  out = absl::StatusOr<core::SequenceOutput>();
+  work.request = v1::AttendRequest();
+  work.response = v1::AttendResponse();
+  try {  // every request that reached a batch waited in its queue, whatever its fate
+    metrics_->QueueWait(work.model, stats.queue_us / 1e6);
+  } catch (...) {  // metrics must not keep a call from being answered
+  }
+  RecordOutcome(work.model, work.id, work.length, status, work.received_us, stats);
+  Deliver(work, std::move(status), &bytes);
+}
+
+void AttentionService::Deliver(Work& work, grpc::Status status, grpc::ByteBuffer* bytes) {
+  Reply reply{std::move(status), {}, work.id, work.admitted_bytes};
+  reply.bytes.Swap(bytes);
+  work.reply(reply);
   EndRequest();
 }
 
@@ -420,24 +333,35 @@ void AttentionService::EndRequest() {
   if (--inflight_ == 0) idle_cv_.notify_all();
 }
 
+void AttentionService::HoldUnsent(int64_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  unsent_ += n;
+}
+
+void AttentionService::ReleaseUnsent(int64_t n) {
+  if (n == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  unsent_ -= n;
+  if (unsent_ == 0) idle_cv_.notify_all();
+}
+
 void AttentionService::StartDraining() { draining_.store(true); }
 
 int64_t AttentionService::last_refusal_us() const { return last_refusal_us_.load(); }
 
-bool AttentionService::WaitIdle(std::chrono::steady_clock::time_point deadline) {
+bool AttentionService::WaitIdle(int64_t deadline_us) {
   std::unique_lock<std::mutex> lock(mu_);
-  return idle_cv_.wait_until(lock, deadline, [this] { return inflight_ == 0; });
+  while (inflight_ != 0 || unsent_ != 0) {
+    if (clock_->NowMicros() >= deadline_us) return false;
+    clock_->WaitUntil(idle_cv_, lock, deadline_us);
+  }
+  return true;
 }
 
 grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* context,
                                                    const grpc::ByteBuffer* request,
                                                    grpc::ByteBuffer* response) {
   return new UnaryCall(this, context, request, response);
-}
-
-grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttentionService::AttendStream(
-    grpc::CallbackServerContext* context) {
-  return new StreamCall(this, context);
 }
 
 grpc::ServerUnaryReactor* AttentionService::ListModels(grpc::CallbackServerContext* context,

@@ -8,14 +8,23 @@
 //   not be parsed as attnserve.v1.AttendRequest ...") instead of gRPC's
 //   UNIMPLEMENTED, counted under model "_unknown". The wire API and server
 //   reflection are unchanged (the descriptors come from attention.proto).
-// - Every accepted request is answered exactly once: building the reply
-//   cannot throw past the service (out of memory: RESOURCE_EXHAUSTED, any
-//   other exception: INTERNAL, each with a message).
+// - Every request is answered exactly once: accepting it or building its
+//   reply cannot throw past the service (out of memory: RESOURCE_EXHAUSTED,
+//   any other exception: INTERNAL, each with a message). A request refused by
+//   a batcher's budgets never allocates its reply.
 // - A stream holds at most `stream_window` of its messages at once (read and
-//   not yet answered, or answered and waiting to be written); reading pauses
-//   there and resumes as replies are written. The first failed message stops
-//   reading; the stream ends with its status once every message accepted
-//   before it has been answered. Nothing touches a call after it finished.
+//   not yet answered, or answered and waiting to be written), and reads no
+//   further message while those hold `stream_window_bytes` or more (request,
+//   output and attention weights while computing; the serialized reply while
+//   waiting); reading resumes as replies are written. A message is never
+//   refused for its size, so one over the byte bound is read when the stream
+//   holds less; at most one message and its reply overshoot the bound. The
+//   first failed message stops reading; the stream ends with its status once
+//   every message accepted before it has been answered. Nothing touches a
+//   call after it finished.
+// - Drain: WaitIdle counts a reply as answered only when it has been
+//   delivered (a stream's write completed, a call's status sent), so replies
+//   waiting on a slow reader's flow control hold the drain until its deadline.
 #ifndef ATTNSERVE_SERVER_SERVICE_H_
 #define ATTNSERVE_SERVER_SERVICE_H_
 
@@ -27,6 +36,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 #include <grpcpp/support/byte_buffer.h>
 
@@ -44,6 +54,9 @@ struct ServiceOptions {
   int64_t max_message_bytes = int64_t{64} << 20;
   // Most messages of one AttendStream held at once (--stream-window). >= 1.
   uint32_t stream_window = 8;
+  // Bytes of one AttendStream's held messages and replies at which reading
+  // pauses (--stream-window-bytes). >= 1.
+  uint64_t stream_window_bytes = uint64_t{64} << 20;
 };
 
 // Test seams; each optional.
@@ -51,6 +64,10 @@ struct ServiceHooks {
   // Called on the batch thread before a computed reply is built; tests throw
   // from it to check that a failing reply still answers the call.
   std::function<void(const v1::AttendRequest&)> before_reply;
+  // Called on the handler's thread once a request is parsed and valid,
+  // before it is queued; tests throw from it to check that a request failing
+  // while being accepted is still answered.
+  std::function<void(const v1::AttendRequest&)> before_submit;
 };
 
 class AttentionService final
@@ -77,9 +94,10 @@ class AttentionService final
   // Clock time of the last request refused because of draining (0: none).
   int64_t last_refusal_us() const;
 
-  // Blocks until no accepted request is unanswered or `deadline` passes;
-  // returns true when none is.
-  bool WaitIdle(std::chrono::steady_clock::time_point deadline);
+  // Blocks until every accepted request has been answered and every reply
+  // and call status handed to gRPC has been delivered (or its call ended), or
+  // until clock time `deadline_us`; returns true in the first case.
+  bool WaitIdle(int64_t deadline_us);
 
  private:
   class UnaryCall;
@@ -90,25 +108,42 @@ class AttentionService final
   struct CallInfo {
     int64_t deadline_us = 0;  // clock time; max() = none
     std::shared_ptr<const std::atomic<bool>> cancelled;  // set by the reactor's OnCancel
+    // Optional (streams): called by Handle, before the request is queued,
+    // with the bytes it will hold until answered (the message, its output
+    // and attention weights); given back as Reply::admitted_bytes. Must not
+    // throw.
+    std::function<void(uint64_t bytes)> on_admitted;
   };
   // The answer to one request: `bytes` is the serialized AttendResponse when
-  // `status` is OK. `request_id` is empty when the bytes did not parse.
+  // `status` is OK. `request_id` is empty when the bytes did not parse; it
+  // is valid during the ReplyFn call only. The ReplyFn may take `status` and
+  // `bytes` (move, Swap).
   struct Reply {
     grpc::Status status;
     grpc::ByteBuffer bytes;
-    std::string request_id;
+    std::string_view request_id;
+    uint64_t admitted_bytes = 0;  // what on_admitted was given; 0 if not called
   };
   // Called exactly once per request (inline for a refused request, from the
   // batch thread otherwise). Must not throw.
-  using ReplyFn = std::function<void(const Reply&)>;
+  using ReplyFn = std::function<void(Reply&)>;
   struct Work;  // a request and its reply, alive until answered
 
   // One request, unary or one message of a stream: parses `bytes`,
-  // validates, enqueues; `reply` is called exactly once.
+  // validates, enqueues; `reply` is called exactly once. Never throws.
   void Handle(const grpc::ByteBuffer& bytes, const CallInfo& call, ReplyFn reply);
-  // Answers a request refused before it reached a batcher.
-  void Refuse(const grpc::Status& status, const std::string& model_label, const std::string& id,
-              uint32_t length, int64_t received_us, const ReplyFn& reply);
+  // Handle's work; when it throws, the request is neither answered nor
+  // queued (Handle then answers it).
+  void Admit(const grpc::ByteBuffer& bytes, const CallInfo& call,
+             const std::shared_ptr<Work>& work);
+  // NOT_FOUND naming the served models.
+  grpc::Status ModelNotFound(const std::string& name) const;
+  // Answers a request refused before it reached a batcher; never throws.
+  void Refuse(grpc::Status status, Work& work);
+  // The batch thread's answer to a queued request; never throws.
+  void Complete(Work& work, absl::StatusOr<core::SequenceOutput> out, const BatchStats& stats);
+  // Calls work.reply, then EndRequest; never throws.
+  void Deliver(Work& work, grpc::Status status, grpc::ByteBuffer* bytes);
   // Fills and serializes a computed reply; never throws.
   grpc::Status BuildReply(const core::SequenceOutput& out, const BatchStats& stats, Work* work,
                           grpc::ByteBuffer* bytes);
@@ -118,6 +153,11 @@ class AttentionService final
   // In-flight accounting: every Handle is one BeginRequest, one EndRequest.
   void BeginRequest();
   void EndRequest();
+  // Delivery accounting: a reactor holds one per reply or status it hands to
+  // gRPC (before the hand-off, so it never misses one) and releases it when
+  // the write completes or the call ends.
+  void HoldUnsent(int64_t n);
+  void ReleaseUnsent(int64_t n);
   std::string NewRequestId();
   int64_t DeadlineMicros(const grpc::CallbackServerContext* context) const;
 
@@ -133,11 +173,12 @@ class AttentionService final
   std::atomic<int64_t> last_refusal_us_{0};
   std::atomic<uint64_t> next_id_{1};
   static constexpr uint32_t kFailureLogsPerSecond = 10;
-  RateLimiter failure_log_limiter_{kFailureLogsPerSecond};
+  RateLimiter failure_log_limiter_;
 
   std::mutex mu_;
-  std::condition_variable idle_cv_;          // inflight_ reached 0
+  std::condition_variable idle_cv_;          // inflight_ or unsent_ reached 0
   int64_t inflight_ ABSL_GUARDED_BY(mu_) = 0;  // accepted, not yet answered
+  int64_t unsent_ ABSL_GUARDED_BY(mu_) = 0;    // handed to gRPC, not yet delivered
 };
 
 }  // namespace attnserve::server

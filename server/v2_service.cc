@@ -72,16 +72,18 @@ struct InferenceService::InferWork {
 };
 
 // One ModelInfer call (as service.cc's UnaryCall): OnCancel raises the flag
-// the batcher polls; OnDone deletes the reactor.
+// the batcher polls; the reply counts as undelivered from Finish until
+// OnDone, which deletes the reactor.
 class InferenceService::InferCall final : public grpc::ServerUnaryReactor {
  public:
   InferCall(InferenceService* service, grpc::CallbackServerContext* context,
             const grpc::ByteBuffer* request, grpc::ByteBuffer* response)
-      : cancelled_(std::make_shared<std::atomic<bool>>(false)) {
+      : service_(service), cancelled_(std::make_shared<std::atomic<bool>>(false)) {
     // After Finish this reactor may be gone: the callback touches nothing else.
     service->Infer(*request, service->DeadlineMicros(context), cancelled_,
                    [this, response](const grpc::Status& status, grpc::ByteBuffer bytes) {
                      if (status.ok()) *response = std::move(bytes);
+                     service_->HoldUnsent();
                      Finish(status);
                    });
     // Parsed: free the request bytes now rather than when the call ends.
@@ -89,9 +91,13 @@ class InferenceService::InferCall final : public grpc::ServerUnaryReactor {
   }
 
   void OnCancel() override { cancelled_->store(true); }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    service_->ReleaseUnsent();
+    delete this;
+  }
 
  private:
+  InferenceService* const service_;
   const std::shared_ptr<std::atomic<bool>> cancelled_;
 };
 
@@ -383,9 +389,23 @@ void InferenceService::StartDraining() { draining_.store(true); }
 
 int64_t InferenceService::last_refusal_us() const { return last_refusal_us_.load(); }
 
-bool InferenceService::WaitIdle(std::chrono::steady_clock::time_point deadline) {
+void InferenceService::HoldUnsent() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++unsent_;
+}
+
+void InferenceService::ReleaseUnsent() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--unsent_ == 0) idle_cv_.notify_all();
+}
+
+bool InferenceService::WaitIdle(int64_t deadline_us) {
   std::unique_lock<std::mutex> lock(mu_);
-  return idle_cv_.wait_until(lock, deadline, [this] { return inflight_ == 0; });
+  while (inflight_ != 0 || unsent_ != 0) {
+    if (clock_->NowMicros() >= deadline_us) return false;
+    clock_->WaitUntil(idle_cv_, lock, deadline_us);
+  }
+  return true;
 }
 
 }  // namespace attnserve::server

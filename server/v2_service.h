@@ -100,9 +100,10 @@ class InferenceService final : public v2_internal::Base {
   void StartDraining();
   // Clock time of the last call refused because of draining (0: none).
   int64_t last_refusal_us() const;
-  // Blocks until no accepted ModelInfer is unanswered or `deadline` passes;
-  // true when none is.
-  bool WaitIdle(std::chrono::steady_clock::time_point deadline);
+  // Blocks until every accepted ModelInfer is answered and its reply
+  // delivered (Finish until OnDone), or until clock time `deadline_us`
+  // passes; true when all are.
+  bool WaitIdle(int64_t deadline_us);
 
  private:
   class InferCall;
@@ -127,6 +128,9 @@ class InferenceService final : public v2_internal::Base {
   int64_t DeadlineMicros(const grpc::CallbackServerContext* context) const;
   void BeginRequest();
   void EndRequest();
+  // A reply handed to gRPC (Finish) until its call is done (OnDone).
+  void HoldUnsent();
+  void ReleaseUnsent();
 
   // Constant after construction.
   ModelRegistry* const registry_;
@@ -141,8 +145,9 @@ class InferenceService final : public v2_internal::Base {
   RateLimiter failure_log_limiter_{kFailureLogsPerSecond};
 
   std::mutex mu_;
-  std::condition_variable idle_cv_;            // inflight_ reached 0
+  std::condition_variable idle_cv_;            // inflight_ or unsent_ reached 0
   int64_t inflight_ ABSL_GUARDED_BY(mu_) = 0;  // accepted ModelInfer calls, not yet answered
+  int64_t unsent_ ABSL_GUARDED_BY(mu_) = 0;    // answered, reply not yet delivered
 };
 
 }  // namespace attnserve::server

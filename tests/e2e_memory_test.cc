@@ -2,7 +2,8 @@
 // 127.0.0.1, the demo model: d_model 256, 8 heads), its resident memory read
 // from /proc/PID/status; margins are generous, nothing is timed.
 // - A stream that sends WEIGHTS_PER_HEAD messages and never reads: the
-//   server holds at most --stream-window of them (review finding 2).
+//   server holds at most --stream-window of them (review finding 2), and
+//   with large replies at most --stream-window-bytes of them plus one.
 // - 400 concurrent L = 1024 calls with --max-memory-bytes 128Mi and
 //   --max-queue-bytes 64Mi: refused with RESOURCE_EXHAUSTED rather than
 //   buffered without bound (issue 11).
@@ -94,8 +95,10 @@ TEST(E2eMemoryTest, StreamThatNeverReadsHoldsAtMostItsWindow) {
   constexpr int kMessages = 100;
   // Each reply: 8 heads x 512 x 512 floats = 8 MiB, plus a 0.5 MiB output.
   constexpr int64_t kReplyBytes = 8 * 512 * 512 * 4 + 512 * 256 * 4;
+  // The byte bound out of the way: this test is about the message count.
   Binary server = StartBinary({"--log-level", "debug"},
-                              {absl::StrCat("ATTNSERVE_STREAM_WINDOW=", kWindow)});
+                              {absl::StrCat("ATTNSERVE_STREAM_WINDOW=", kWindow),
+                               "ATTNSERVE_STREAM_WINDOW_BYTES=1Gi"});
   ASSERT_GT(server.port, 0);
   auto stub = v1::Attention::NewStub(LoopbackChannel(server.port));
   std::mt19937 rng(21);
@@ -146,6 +149,78 @@ TEST(E2eMemoryTest, StreamThatNeverReadsHoldsAtMostItsWindow) {
   EXPECT_LT(held, 2 * kWindow * kReplyBytes + 160 * kMiB);
 
   // Reading resumes as replies are written: every message is answered once.
+  std::set<std::string> ids;
+  v1::AttendResponse reply;
+  while (stream->Read(&reply)) {
+    EXPECT_EQ(reply.attention_size(), 8);
+    ids.insert(reply.request_id());
+  }
+  writer.join();
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_code() << " " << status.error_message();
+  EXPECT_EQ(written.load(), kMessages);
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kMessages));
+}
+
+// Replies of 33 MiB (L = 1024, 8 heads): the count window (8) alone would
+// let the server hold ~264 MiB of them for a reader that does not read.
+// --stream-window-bytes 64Mi stops reading once the stream holds 64 MiB: the
+// first message (charged ~35 MiB while computed) and the second are read,
+// then nothing more until replies are written.
+TEST(E2eMemoryTest, StreamWindowBytesBoundsASlowReaderOfLargeReplies) {
+  constexpr int kMessages = 12;
+  constexpr int64_t kReplyBytes = 8 * 1024 * 1024 * 4 + 1024 * 256 * 4;
+  constexpr int64_t kWindowBytes = 64 * kMiB;
+  Binary server = StartBinary({"--log-level", "debug", "--stream-window-bytes", "64Mi"}, {});
+  ASSERT_GT(server.port, 0);
+  auto stub = v1::Attention::NewStub(LoopbackChannel(server.port));
+  std::mt19937 rng(23);
+  {  // Warm up: engine scratch and allocator arenas are part of the baseline.
+    v1::AttendResponse reply;
+    ASSERT_TRUE(CallAttend(*stub, PerHeadRequest(rng, 1024, "warm"), &reply, 60000).ok());
+  }
+  const int64_t baseline = ProcStatusBytes(server.child->pid(), "VmRSS");
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(240000));
+  auto stream = stub->AttendStream(&context);
+  std::vector<v1::AttendRequest> requests;
+  for (int i = 0; i < kMessages; ++i) {
+    requests.push_back(PerHeadRequest(rng, 1024, absl::StrCat("m", i)));
+  }
+  std::atomic<int> written{0};
+  std::thread writer([&] {  // blocks once the server stops reading
+    for (const v1::AttendRequest& r : requests) {
+      if (!stream->Write(r)) break;
+      ++written;
+    }
+    stream->WritesDone();
+  });
+  struct CancelOnExit {  // on a failed assertion: end the call so the writer returns
+    grpc::ClientContext* context;
+    std::thread* writer;
+    ~CancelOnExit() {
+      if (writer->joinable()) {
+        context->TryCancel();
+        writer->join();
+      }
+    }
+  } cancel_on_exit{&context, &writer};
+  ASSERT_TRUE(WaitFor([&] { return AnsweredOk(*server.child) >= 1 + 2; },
+                      std::chrono::seconds(120)))
+      << AnsweredOk(*server.child) - 1 << " answered; " << written.load() << " written";
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // room to overshoot, if it could
+  const int answered_unread = AnsweredOk(*server.child) - 1;
+  const int64_t held = ProcStatusBytes(server.child->pid(), "VmHWM") - baseline;
+  std::printf("slow reader, 33 MiB replies: %d of %d answered while unread; peak RSS %.1f MiB "
+              "over the %.1f MiB baseline\n",
+              answered_unread, kMessages, held / double(kMiB), baseline / double(kMiB));
+  // Two held (the second read while the first was below the bound); a 33 MiB
+  // write does not fit in HTTP/2's flow-control windows, so none has left.
+  EXPECT_LE(answered_unread, 3);
+  // The bound, one message and its reply over it, the reply's transient
+  // copies while it is built, engine scratch and gRPC's buffers.
+  EXPECT_LT(held, kWindowBytes + 2 * kReplyBytes + 128 * kMiB);
+
   std::set<std::string> ids;
   v1::AttendResponse reply;
   while (stream->Read(&reply)) {

@@ -1,9 +1,13 @@
-// End-to-end tests of a reply that fails to build (review finding 3): an
-// AttentionService whose ServiceHooks::before_reply throws for some requests,
-// behind a real gRPC server on 127.0.0.1. The call is still answered
-// (RESOURCE_EXHAUSTED for bad_alloc, INTERNAL otherwise, with a message),
-// counted, in-flight drops back to zero and the server drains at once.
+// End-to-end tests of a reply that fails to build (review finding 3) or a
+// request that fails while being accepted (issue 11: out of memory between
+// parsing and queueing): an AttentionService whose ServiceHooks::before_reply
+// and before_submit throw for some requests, behind a real gRPC server on
+// 127.0.0.1. The call is still answered (RESOURCE_EXHAUSTED for bad_alloc,
+// INTERNAL otherwise, with a message), counted, in-flight drops back to zero
+// and the server drains at once. Also: WaitIdle runs on the injected Clock.
 #include <atomic>
+#include <future>
+#include <limits>
 #include <map>
 #include <new>
 #include <set>
@@ -21,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/service.h"
 #include "tests/e2e_util.h"
+#include "tests/fake_engines.h"
 
 namespace attnserve::testing {
 namespace {
@@ -37,16 +42,30 @@ void ThrowForMarkedIds(const v1::AttendRequest& request) {
   }
 }
 
-// The service with ThrowForMarkedIds behind a gRPC server on 127.0.0.1.
+// Throws std::bad_alloc for request ids starting "admit-oom", and
+// std::runtime_error for ids starting "admit-boom".
+void ThrowOnAdmitForMarkedIds(const v1::AttendRequest& request) {
+  if (absl::StartsWith(request.request_id(), "admit-oom")) throw std::bad_alloc();
+  if (absl::StartsWith(request.request_id(), "admit-boom")) {
+    throw std::runtime_error("injected failure");
+  }
+}
+
+// The service with ThrowForMarkedIds and ThrowOnAdmitForMarkedIds behind a
+// gRPC server on 127.0.0.1; on `fake_clock` (then batches go at once) when
+// given, else on a RealClock; engines from `engines` (empty: oneDNN).
 class HookedServer {
  public:
-  HookedServer() {
+  explicit HookedServer(server::FakeClock* fake_clock = nullptr,
+                        server::EngineFactory engines = {})
+      : clock_(fake_clock != nullptr ? static_cast<server::Clock*>(fake_clock) : &real_clock_) {
     server::BatcherOptions batching;
-    batching.max_queue_delay_us = 2000;  // so a stream's messages share batches
+    // So a stream's messages share batches; a fake clock would never run it out.
+    batching.max_queue_delay_us = fake_clock != nullptr ? 0 : 2000;
     auto registry = server::ModelRegistry::Load(
         {.repository = GoldenRepository(), .default_model = "", .batching = batching,
-         .threads = 2, .engine_factory = {}},
-        &clock_,
+         .threads = 2, .engine_factory = std::move(engines)},
+        clock_,
         &metrics_);
     if (!registry.ok()) {
       ADD_FAILURE() << registry.status();
@@ -55,7 +74,8 @@ class HookedServer {
     registry_ = *std::move(registry);
     server::ServiceHooks hooks;
     hooks.before_reply = ThrowForMarkedIds;
-    service_ = std::make_unique<server::AttentionService>(registry_.get(), &metrics_, &clock_,
+    hooks.before_submit = ThrowOnAdmitForMarkedIds;
+    service_ = std::make_unique<server::AttentionService>(registry_.get(), &metrics_, clock_,
                                                           server::ServiceOptions{}, hooks);
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
@@ -68,16 +88,21 @@ class HookedServer {
       server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
       server_->Wait();
     }
-    if (registry_ != nullptr) registry_->Drain(clock_.NowMicros() + 10'000'000);
+    if (registry_ != nullptr) registry_->Drain(std::numeric_limits<int64_t>::max());
   }
 
   bool ok() const { return server_ != nullptr && port_ != 0; }
   int port() const { return port_; }
   server::AttentionService& service() { return *service_; }
   server::Metrics& metrics() { return metrics_; }
+  // WaitIdle with a deadline `seconds` from now on the server's clock.
+  bool WaitIdle(int64_t seconds) {
+    return service_->WaitIdle(clock_->NowMicros() + seconds * 1'000'000);
+  }
 
  private:
-  server::RealClock clock_;
+  server::RealClock real_clock_;
+  server::Clock* const clock_;
   server::Metrics metrics_;
   std::unique_ptr<server::ModelRegistry> registry_;
   std::unique_ptr<server::AttentionService> service_;
@@ -117,8 +142,7 @@ TEST(E2eReplyFailureTest, ThrowingReplyAnswersTheCallAndTheServerStaysIdleAndSer
   EXPECT_TRUE(oracle.Matches("mha_plain", request, reply));
 
   // Nothing is left in flight: a drain would not wait.
-  EXPECT_TRUE(server.service().WaitIdle(std::chrono::steady_clock::now() +
-                                        std::chrono::seconds(5)));
+  EXPECT_TRUE(server.WaitIdle(5));
   EXPECT_EQ(Gauge(server.metrics(), "attnserve_inflight_requests"), 0);
   const auto count = [&](const std::string& code) {
     return CounterValue(server.metrics(), "attnserve_requests_total",
@@ -155,8 +179,7 @@ TEST(E2eReplyFailureTest, ThrowingReplyEndsAStreamWithItsStatusAfterTheOthersAre
   EXPECT_THAT(status.error_message(), HasSubstr("request_id boom-2"));
   EXPECT_EQ(answered.count("boom-2"), 0u);
   EXPECT_TRUE(answered.count("a0") && answered.count("a1")) << answered.size();
-  EXPECT_TRUE(server.service().WaitIdle(std::chrono::steady_clock::now() +
-                                        std::chrono::seconds(5)));
+  EXPECT_TRUE(server.WaitIdle(5));
   EXPECT_EQ(Gauge(server.metrics(), "attnserve_inflight_requests"), 0);
 }
 
@@ -202,9 +225,99 @@ TEST(E2eReplyFailureTest, AsyncFailureOfFirstMessageWithMoreBehindOnTwoThousandS
   }
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(ended_with_failure.load(), kThreads * kStreamsPerThread);
-  EXPECT_TRUE(server.service().WaitIdle(std::chrono::steady_clock::now() +
-                                        std::chrono::seconds(10)));
+  EXPECT_TRUE(server.WaitIdle(10));
   EXPECT_EQ(Gauge(server.metrics(), "attnserve_inflight_requests"), 0);
+}
+
+// A request that throws between parsing and queueing (an allocation failing
+// there) is answered with a status naming the phase, counted under its model,
+// and leaves nothing in flight.
+TEST(E2eReplyFailureTest, RequestFailingWhileAcceptedIsAnsweredAndLeavesNothingInFlight) {
+  HookedServer server;
+  ASSERT_TRUE(server.ok());
+  auto stub = v1::Attention::NewStub(LoopbackChannel(server.port()));
+  std::mt19937 rng(8);
+  auto call = [&](const std::string& id) {
+    v1::AttendRequest request = RandomRequest(rng, "mha_plain", 32, 5);
+    request.set_request_id(id);
+    v1::AttendResponse reply;
+    return CallAttend(*stub, request, &reply, 10000);
+  };
+  const grpc::Status oom = call("admit-oom-1");
+  EXPECT_EQ(oom.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << oom.error_message();
+  EXPECT_THAT(oom.error_message(), HasSubstr("out of memory while accepting the request"));
+  const grpc::Status boom = call("admit-boom-1");
+  EXPECT_EQ(boom.error_code(), grpc::StatusCode::INTERNAL) << boom.error_message();
+  EXPECT_THAT(boom.error_message(), HasSubstr("accepting the request failed: injected failure"));
+  EXPECT_TRUE(call("fine-1").ok());
+
+  // On a stream: the messages before it are answered, then the stream ends
+  // with its status; nothing after it is read.
+  grpc::ClientContext context;
+  context.set_deadline(DeadlineIn(20000));
+  auto stream = stub->AttendStream(&context);
+  for (const std::string id : {"s0", "s1", "admit-oom-2", "s3"}) {
+    v1::AttendRequest request = RandomRequest(rng, "mha_plain", 32, 4);
+    request.set_request_id(id);
+    if (!stream->Write(request)) break;
+  }
+  stream->WritesDone();
+  std::set<std::string> answered;
+  v1::AttendResponse reply;
+  while (stream->Read(&reply)) answered.insert(reply.request_id());
+  const grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("request_id admit-oom-2: out of memory"));
+  EXPECT_EQ(answered, (std::set<std::string>{"s0", "s1"}));
+
+  EXPECT_TRUE(server.WaitIdle(5));
+  EXPECT_EQ(Gauge(server.metrics(), "attnserve_inflight_requests"), 0);
+  const auto count = [&](const std::string& code) {
+    return CounterValue(server.metrics(), "attnserve_requests_total",
+                        {{"model", "mha_plain"}, {"code", code}});
+  };
+  EXPECT_EQ(count("RESOURCE_EXHAUSTED"), 2);
+  EXPECT_EQ(count("INTERNAL"), 1);
+  EXPECT_EQ(count("OK"), 3);
+}
+
+// Review finding 10: WaitIdle's deadline is on the injected Clock. With a
+// request stuck in the engine, WaitIdle waits through fake time up to one
+// microsecond before its deadline and gives up exactly at it; once the
+// request is answered and delivered it returns true without time moving.
+TEST(E2eReplyFailureTest, WaitIdleDeadlineIsOnTheInjectedClock) {
+  server::FakeClock clock;
+  auto engines = std::make_shared<EngineHookState>();
+  Gate release;
+  std::atomic<bool> in_engine{false};
+  engines->before_run = [&](const std::string&, std::span<const core::SequenceInput>) {
+    in_engine = true;
+    release.Wait(std::chrono::seconds(30));
+    return absl::OkStatus();
+  };
+  HookedServer server(&clock, HookedEngineFactory(engines));
+  ASSERT_TRUE(server.ok());
+  auto stub = v1::Attention::NewStub(LoopbackChannel(server.port()));
+  std::mt19937 rng(9);
+  grpc::Status stuck_status;
+  std::thread client([&] {
+    v1::AttendResponse reply;
+    stuck_status = CallAttend(*stub, RandomRequest(rng, "mha_plain", 32, 3), &reply, 30000);
+  });
+  ASSERT_TRUE(WaitFor([&] { return in_engine.load(); }, std::chrono::seconds(10)));
+  const int64_t deadline = clock.NowMicros() + 1000;
+  std::future<bool> idle = std::async(std::launch::async, [&] {
+    return server.service().WaitIdle(deadline);
+  });
+  clock.Advance(999);
+  EXPECT_EQ(idle.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout);
+  clock.Advance(1);
+  ASSERT_EQ(idle.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_FALSE(idle.get());
+  release.Open();
+  client.join();
+  EXPECT_TRUE(stuck_status.ok()) << stuck_status.error_message();
+  EXPECT_TRUE(server.service().WaitIdle(clock.NowMicros() + 1000));  // no Advance needed
 }
 
 }  // namespace

@@ -89,5 +89,20 @@ TEST(MemoryFlagsTest, SizesTakeBinarySuffixesAndTheWindowMustBePositive) {
   EXPECT_FALSE(Parse({"--max-memory-bytes", "lots"}, &o).ok());
 }
 
+TEST(MemoryFlagsTest, StreamWindowBytesTakesSuffixesDefaultsTo64MiBAndMustBePositive) {
+  ServerOptions defaults;
+  ASSERT_TRUE(Parse({}, &defaults).ok());
+  EXPECT_EQ(defaults.stream_window_bytes, int64_t{64} << 20);
+  ServerOptions o;
+  ASSERT_TRUE(Parse({"--stream-window-bytes", "16Mi"}, &o).ok());
+  EXPECT_EQ(o.stream_window_bytes, int64_t{16} << 20);
+  ASSERT_TRUE(Parse({"--stream-window-bytes", "1"}, &o).ok());
+  EXPECT_EQ(o.stream_window_bytes, 1);
+  EXPECT_EQ(Parse({"--stream-window-bytes", "0"}, &o).message(),
+            "--stream-window-bytes must be >= 1; was 0");
+  EXPECT_FALSE(Parse({"--stream-window-bytes", "-5"}, &o).ok());
+  EXPECT_FALSE(Parse({"--stream-window-bytes", "lots"}, &o).ok());
+}
+
 }  // namespace
 }  // namespace attnserve::server
