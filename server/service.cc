@@ -21,6 +21,18 @@ namespace {
 // clients grow the series without bound).
 constexpr char kUnknownModelLabel[] = "_unknown";
 
+// Orders a reactor's construction before its first reaction for
+// ThreadSanitizer. gRPC hands a new reactor to the threads that run its
+// reactions through its own core, which is not TSan-instrumented, so TSan saw
+// the first reaction's access to the reactor's mutex or reference count as
+// racing with the reactor's allocation. A constructor ends with a release
+// here and a reaction starts with an acquire: one uncontended atomic each,
+// ordering only what gRPC already orders. Constant-initialized, so it exists
+// before any gRPC thread.
+std::atomic<uint64_t> reactor_handoff{0};
+void PublishReactor() { reactor_handoff.fetch_add(1, std::memory_order_release); }
+void AcquireReactor() { reactor_handoff.load(std::memory_order_acquire); }
+
 // Sizes the reply's output matrix before the request is queued and points the
 // engine at its data, so the engine's unpacking writes straight into the
 // reply (no copy through SequenceOutput::output).
@@ -93,10 +105,17 @@ class AttentionService::UnaryCall final : public grpc::ServerUnaryReactor {
     // ends, as gRPC's own deserialization does. The buffer is the handler's
     // (non-const) per-call request object, handed to us as const.
     const_cast<grpc::ByteBuffer*>(request)->Clear();
+    PublishReactor();
   }
 
-  void OnCancel() override { cancelled_->store(true); }
-  void OnDone() override { delete this; }
+  void OnCancel() override {
+    AcquireReactor();
+    cancelled_->store(true);
+  }
+  void OnDone() override {
+    AcquireReactor();
+    delete this;
+  }
 
  private:
   const std::shared_ptr<std::atomic<bool>> cancelled_;
@@ -127,11 +146,16 @@ class AttentionService::StreamCall final
         cancelled_(std::make_shared<std::atomic<bool>>(false)),
         call_{service->DeadlineMicros(context), cancelled_},
         window_(service->options_.stream_window) {
-    Act(Update([](StreamCall*) {}));
+    {
+      const Hold hold(this);
+      Act(Update([](StreamCall*) {}));
+    }
+    PublishReactor();
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // client half-closed, or the call is gone
+      const Hold hold(this);
       Act(Update([](StreamCall* s) {
         s->reading_ = false;
         s->reads_done_ = true;
@@ -141,6 +165,7 @@ class AttentionService::StreamCall final
     // reading_ stays true until incoming_ has been consumed and cleared: a
     // message answered meanwhile (inline, or by a batch thread) must not
     // start the next read into the buffer this reaction is still using.
+    AcquireReactor();
     Ref();  // held while this reaction runs
     bool accept = false;
     int64_t index = 0;
@@ -163,6 +188,7 @@ class AttentionService::StreamCall final
   }
 
   void OnWriteDone(bool ok) override {
+    const Hold hold(this);
     Act(Update([ok](StreamCall* s) {
       s->writes_.pop_front();
       s->writing_ = false;
@@ -174,10 +200,37 @@ class AttentionService::StreamCall final
     }));
   }
 
-  void OnCancel() override { cancelled_->store(true); }
-  void OnDone() override { Unref(); }
+  void OnCancel() override {
+    const Hold hold(this);
+    cancelled_->store(true);
+  }
+  void OnDone() override {
+    AcquireReactor();
+    Unref();
+  }
 
  private:
+  // A reference held for the length of one reaction (or the constructor).
+  // Besides keeping the reactor alive, it orders for ThreadSanitizer: each
+  // reaction's Ref (acquire) comes after the constructor's and every earlier
+  // reaction's Unref (release), and the final Unref, which deletes, after
+  // all of them. gRPC provides that ordering inside its uninstrumented core,
+  // where TSan cannot see it (it reported the destructor racing with
+  // OnWriteDone's writes_.pop_front() and OnCancel's read of cancelled_).
+  class Hold {
+   public:
+    explicit Hold(StreamCall* call) : call_(call) {
+      AcquireReactor();
+      call_->Ref();
+    }
+    ~Hold() { call_->Unref(); }
+    Hold(const Hold&) = delete;
+    Hold& operator=(const Hold&) = delete;
+
+   private:
+    StreamCall* const call_;
+  };
+
   struct Action {
     const grpc::ByteBuffer* write = nullptr;  // StartWrite this
     bool read = false;                        // StartRead
