@@ -132,8 +132,11 @@ SAN_BUILD_TYPE ?= RelWithDebInfo
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 600
 # ASan + UBSan: any report fails the test (halt_on_error, exit code 1); leaks
-# are checked at exit.
-ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=0 \
+# are checked at exit. allocator_may_return_null=1: an impossible allocation
+# fails as it does without ASan (null from malloc and nothrow new, so the
+# out-of-memory paths that core_failure_test drives are tested) instead of
+# aborting.
+ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=0:allocator_may_return_null=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # TSan: OMP_NUM_THREADS=1 keeps every OpenMP region (ours and oneDNN's) on
 # the calling thread, because Debian's libgomp is not instrumented and its
