@@ -23,7 +23,13 @@ class ScratchBuffer {
       // Free first: never hold the old and the new at once.
       data_.reset();
       capacity_ = 0;
-      data_.reset(new (std::align_val_t{kAlign}) std::byte[bytes]);
+      // The nothrow form, throwing here: the same std::bad_alloc, also under
+      // AddressSanitizer, whose throwing operator new aborts the process on
+      // an impossible size instead (with allocator_may_return_null=1, as
+      // `make asan` runs, the nothrow form returns null).
+      std::byte* p = new (std::align_val_t{kAlign}, std::nothrow) std::byte[bytes];
+      if (p == nullptr) throw std::bad_alloc();
+      data_.reset(p);
       capacity_ = bytes;
     }
     return data_.get();
