@@ -40,12 +40,13 @@ void LogStartup(const attnserve::server::AttnServer& server,
                attnserve::server::VersionString(), attnserve::core::OneDnnEngine::IsaName(),
                o.threads > 0 ? std::to_string(o.threads)
                              : absl::StrCat(attnserve::server::AvailableCpus(), " (all available)"));
-  for (const auto& m : server.registry().models()) {
+  const auto models = server.registry().models();  // a snapshot, held for the loop
+  for (const auto& m : *models) {
     const auto& c = m->config();
-    spdlog::info("model {}{}: d_model={} heads={} max_length={} positional={} relevance={} "
+    spdlog::info("model {}{} version {}: d_model={} heads={} max_length={} positional={} relevance={} "
                  "normalization={} projections={} precision={} compute={} from {}",
                  m->name(), m->name() == server.registry().default_name() ? " (default)" : "",
-                 c.d_model, c.num_heads, c.max_length, std::string(ToString(c.positional)),
+                 m->version(), c.d_model, c.num_heads, c.max_length, std::string(ToString(c.positional)),
                  std::string(ToString(c.relevance)), std::string(ToString(c.normalization)),
                  c.projections, std::string(ToString(c.precision)), m->compute_path(),
                  m->model->path);
