@@ -342,6 +342,50 @@ TEST_F(LifecycleTest, RemovedModelAnswersWhatItAcceptedThenIsUnloaded) {
   EXPECT_THAT(s.error_message(), HasSubstr("default model 'mha_plain'"));
 }
 
+// SIGTERM while a removed model is still draining: the drain covers it (its
+// accepted request is answered) and no poll or load starts afterwards.
+TEST_F(LifecycleTest, ShutdownDrainCoversAModelBeingUnloaded) {
+  auto state = std::make_shared<EngineHookState>();
+  Gate release;
+  std::atomic<int> runs{0};
+  state->before_run = [&](const std::string&, std::span<const core::SequenceInput>) {
+    if (runs.fetch_add(1) == 0) release.Wait(kWait);
+    return absl::OkStatus();
+  };
+  fs::rename(root_ / "spare" / "mha_sinusoidal_sep", repo() / "mha_sinusoidal_sep");
+  auto server = Start(server::ModelControl::kPoll, 3600, HookedEngineFactory(state));
+  ASSERT_NE(server, nullptr);
+  v1::AttendRequest request;
+  v1::AttendResponse reply;
+  grpc::Status status;
+  std::thread inflight([&] { status = AttendPlain(&request, &reply, 11); });
+  ASSERT_TRUE(WaitFor([&] { return runs.load() == 1; }, kWait));
+  fs::rename(repo() / "mha_plain", root_ / "spare" / "mha_plain");
+  std::thread poll([&] { server->lifecycle().PollNow(); });
+  ASSERT_TRUE(WaitFor([&] { return Listed().count("mha_plain") == 0; }, kWait));
+
+  std::atomic<bool> drained{false};
+  bool drain_ok = false;
+  std::thread drain([&] {
+    drain_ok = server->Drain();
+    drained = true;
+  });
+  // The drain waits for the removed model's batch like any other.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(drained.load());
+  release.Open();
+  drain.join();
+  inflight.join();
+  poll.join();
+  EXPECT_TRUE(drain_ok);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(v1_->Matches("mha_plain", request, reply));
+  // Stopped: no load after the drain, and a poll changes nothing.
+  fs::rename(root_ / "spare" / "mha_plain", repo() / "mha_plain");
+  server->lifecycle().PollNow();
+  EXPECT_EQ(server->registry().Find("mha_plain"), nullptr);
+}
+
 grpc::Status Load(const std::shared_ptr<grpc::Channel>& channel, const std::string& name,
                   v1::LoadModelResponse* response, const std::string& token = "") {
   auto stub = v1::ModelRepository::NewStub(channel);
