@@ -51,6 +51,10 @@ void LogStartup(const attnserve::server::AttnServer& server,
                  c.projections, std::string(ToString(c.precision)), m->compute_path(),
                  m->model->path);
   }
+  spdlog::info("model control: {}{}", attnserve::server::ModelControlName(o.model_control),
+               o.model_control == attnserve::server::ModelControl::kPoll
+                   ? absl::StrCat(" (repository re-read every ", o.repository_poll_s, " s)")
+                   : "");
   spdlog::info("batching: max_batch_size={} max_batch_tokens={} max_queue_delay_us={} "
                "max_queue_size={}", o.batching.max_batch_size, o.batching.max_batch_tokens,
                o.batching.max_queue_delay_us, o.batching.max_queue_size);
