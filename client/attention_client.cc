@@ -114,7 +114,8 @@ AttentionClient::AttentionClient(const ClientOptions& options,
     : options_(options),
       channel_(std::move(channel)),
       stub_(v1::Attention::NewStub(channel_)),
-      health_(grpc::health::v1::Health::NewStub(channel_)) {}
+      health_(grpc::health::v1::Health::NewStub(channel_)),
+      repository_(v1::ModelRepository::NewStub(channel_)) {}
 
 std::unique_ptr<grpc::ClientContext> AttentionClient::NewContext() const {
   auto context = std::make_unique<grpc::ClientContext>();
@@ -165,6 +166,24 @@ grpc::Status AttentionClient::CheckHealth(
   grpc::Status s = health_->Check(NewContext().get(), request, &response);
   *status = s.ok() ? response.status() : grpc::health::v1::HealthCheckResponse::UNKNOWN;
   return s;
+}
+
+grpc::Status AttentionClient::LoadModel(const std::string& name,
+                                        v1::LoadModelResponse* response) {
+  v1::LoadModelRequest request;
+  request.set_name(name);
+  return repository_->LoadModel(NewContext().get(), request, response);
+}
+
+grpc::Status AttentionClient::UnloadModel(const std::string& name) {
+  v1::UnloadModelRequest request;
+  request.set_name(name);
+  v1::UnloadModelResponse response;
+  return repository_->UnloadModel(NewContext().get(), request, &response);
+}
+
+grpc::Status AttentionClient::ListRepository(v1::ListRepositoryResponse* response) {
+  return repository_->ListRepository(NewContext().get(), v1::ListRepositoryRequest(), response);
 }
 
 }  // namespace attnserve::client

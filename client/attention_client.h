@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "attnserve/v1/attention.grpc.pb.h"
+#include "attnserve/v1/model_repository.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace attnserve::client {
@@ -81,6 +82,11 @@ class AttentionClient {
   // model name). Not retried: a probe wants the answer of now.
   grpc::Status CheckHealth(const std::string& service,
                            grpc::health::v1::HealthCheckResponse::ServingStatus* status);
+  // attnserve.v1.ModelRepository (attnserve --model-control explicit). Not
+  // retried: a load or unload is an operator's action, answered once.
+  grpc::Status LoadModel(const std::string& name, v1::LoadModelResponse* response);
+  grpc::Status UnloadModel(const std::string& name);
+  grpc::Status ListRepository(v1::ListRepositoryResponse* response);
 
   const ClientOptions& options() const { return options_; }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
@@ -96,6 +102,7 @@ class AttentionClient {
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<v1::Attention::Stub> stub_;
   const std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  const std::unique_ptr<v1::ModelRepository::Stub> repository_;
 };
 
 // Creates the channel AttentionClient uses: credentials, load balancing and

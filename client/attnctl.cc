@@ -253,6 +253,28 @@ int Health(AttentionClient& client, const std::string& service) {
   return status == grpc::health::v1::HealthCheckResponse::SERVING ? kExitOk : kExitServer;
 }
 
+// attnctl load|unload|repository: attnserve.v1.ModelRepository (attnserve
+// --model-control explicit; `repository` works in every mode).
+int Repository(AttentionClient& client, const std::string& action, const std::string& name) {
+  grpc::Status s;
+  std::string json;
+  if (action == "load") {
+    v1::LoadModelResponse response;
+    s = client.LoadModel(name, &response);
+    json = ToJson(response);
+  } else if (action == "unload") {
+    s = client.UnloadModel(name);
+    json = ToJson(v1::UnloadModelResponse());  // {} as grpcurl prints it
+  } else {
+    v1::ListRepositoryResponse response;
+    s = client.ListRepository(&response);
+    json = ToJson(response);
+  }
+  if (!s.ok()) return ServerError(s);
+  std::printf("%s\n", json.c_str());
+  return kExitOk;
+}
+
 // "10s", "500ms", "2m", or plain seconds ("1.5").
 absl::StatusOr<double> ParseDuration(const std::string& text) {
   double value = 0;
@@ -469,8 +491,8 @@ void RegisterGlobalFlags(CLI::App& app, ClientOptions& options) {
 }
 
 int Main(int argc, char** argv) {
-  CLI::App app{"attnctl: call attnserve (infer, models, health), load-test it (bench), "
-               "make tokens (token)."};
+  CLI::App app{"attnctl: call attnserve (infer, models, health), manage its models (load, "
+               "unload, repository), load-test it (bench), make tokens (token)."};
   app.require_subcommand(1);
   ClientOptions options;
   RegisterGlobalFlags(app, options);
@@ -498,6 +520,16 @@ int Main(int argc, char** argv) {
       "health", "print the serving status; exit 0 only when SERVING (usable as a probe)");
   std::string service;
   health->add_option("--service", service, "a model name; empty: the whole server");
+
+  std::string model_name;
+  CLI::App* load_cmd = app.add_subcommand(
+      "load", "load or update a model of the server's repository (--model-control explicit)");
+  load_cmd->add_option("model", model_name, "the model's directory name")->required();
+  CLI::App* unload_cmd = app.add_subcommand(
+      "unload", "unload a model once it answered what it accepted (--model-control explicit)");
+  unload_cmd->add_option("model", model_name, "the model's name")->required();
+  CLI::App* repository_cmd = app.add_subcommand(
+      "repository", "list the repository's models: state, version, last load error (JSON)");
 
   CLI::App* bench_cmd = app.add_subcommand("bench", "load generator: throughput and latency");
   BenchFlags bench;
@@ -538,6 +570,9 @@ int Main(int argc, char** argv) {
     return Infer(**client, json_path, npy_path, random_rows, seed, index, infer_flags, npy_prefix);
   }
   if (*health) return Health(**client, service);
+  if (*load_cmd) return Repository(**client, "load", model_name);
+  if (*unload_cmd) return Repository(**client, "unload", model_name);
+  if (*repository_cmd) return Repository(**client, "list", "");
   if (*bench_cmd) return Bench(**client, bench, bench_flags);
   return Models(**client);
 }

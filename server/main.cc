@@ -42,16 +42,21 @@ void LogStartup(const attnserve::server::AttnServer& server,
                o.threads > 0 ? std::to_string(o.threads)
                              : absl::StrCat(attnserve::server::AvailableCpus(), " (all available)"),
                attnserve::server::AllocatorName());
-  for (const auto& m : server.registry().models()) {
+  const auto models = server.registry().models();  // a snapshot, held for the loop
+  for (const auto& m : *models) {
     const auto& c = m->config();
-    spdlog::info("model {}{}: d_model={} heads={} max_length={} positional={} relevance={} "
+    spdlog::info("model {}{} version {}: d_model={} heads={} max_length={} positional={} relevance={} "
                  "normalization={} projections={} precision={} compute={} from {}",
                  m->name(), m->name() == server.registry().default_name() ? " (default)" : "",
-                 c.d_model, c.num_heads, c.max_length, std::string(ToString(c.positional)),
+                 m->version(), c.d_model, c.num_heads, c.max_length, std::string(ToString(c.positional)),
                  std::string(ToString(c.relevance)), std::string(ToString(c.normalization)),
                  c.projections, std::string(ToString(c.precision)), m->compute_path(),
                  m->model->path);
   }
+  spdlog::info("model control: {}{}", attnserve::server::ModelControlName(o.model_control),
+               o.model_control == attnserve::server::ModelControl::kPoll
+                   ? absl::StrCat(" (repository re-read every ", o.repository_poll_s, " s)")
+                   : "");
   spdlog::info("batching: max_batch_size={} max_batch_tokens={} max_queue_delay_us={} "
                "max_queue_size={}", o.batching.max_batch_size, o.batching.max_batch_tokens,
                o.batching.max_queue_delay_us, o.batching.max_queue_size);

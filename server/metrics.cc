@@ -6,6 +6,8 @@
 #include <exception>
 #include <fstream>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -197,6 +199,10 @@ struct Metrics::Families {
         engine_failures(Register(prometheus::BuildCounter(), r, "attnserve_engine_failures_total",
                                  "Requests the engine failed (out of memory, oneDNN error), "
                                  "by gRPC status code name.")),
+        load_failures(Register(prometheus::BuildCounter(), r,
+                               "attnserve_model_load_failures_total",
+                               "Model loads (at a repository poll or a LoadModel call) that "
+                               "failed; the previous version, if any, keeps serving.")),
         process(std::make_shared<ProcessCollector>()) {}
 
   Family<Counter>& requests;
@@ -210,6 +216,7 @@ struct Metrics::Families {
   Gauge& inflight;
   Family<Gauge>& model_info;
   Family<Counter>& engine_failures;
+  Family<Counter>& load_failures;
   // Registered with the Exposer (which keeps only a weak_ptr), since a
   // prometheus-cpp Registry holds families, not custom collectables.
   std::shared_ptr<ProcessCollector> process;
@@ -245,18 +252,47 @@ absl::StatusOr<int> Metrics::StartHttp(const std::string& address) {
   }
 }
 
-void Metrics::AddModel(const std::string& model, const core::ModelConfig& config) {
-  families_->model_info
-      .Add({{"model", model},
-            {"precision", std::string(core::ToString(config.precision))},
-            {"positional", std::string(core::ToString(config.positional))},
-            {"relevance", std::string(core::ToString(config.relevance))},
-            {"normalization", std::string(core::ToString(config.normalization))},
-            {"projections", config.projections ? "true" : "false"},
-            {"d_model", std::to_string(config.d_model)},
-            {"num_heads", std::to_string(config.num_heads)},
-            {"max_length", std::to_string(config.max_length)}})
-      .Set(1);
+void Metrics::AddModel(const std::string& model, const core::ModelConfig& config,
+                       const std::string& version) {
+  prometheus::Gauge& gauge =
+      families_->model_info
+          .Add({{"model", model},
+                {"version", version},
+                {"precision", std::string(core::ToString(config.precision))},
+                {"positional", std::string(core::ToString(config.positional))},
+                {"relevance", std::string(core::ToString(config.relevance))},
+                {"normalization", std::string(core::ToString(config.normalization))},
+                {"projections", config.projections ? "true" : "false"},
+                {"d_model", std::to_string(config.d_model)},
+                {"num_heads", std::to_string(config.num_heads)},
+                {"max_length", std::to_string(config.max_length)}});
+  gauge.Set(1);
+  prometheus::Gauge* previous = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto [it, added] = model_info_.try_emplace(model, &gauge);
+    if (!added && it->second != &gauge) {
+      previous = it->second;
+      it->second = &gauge;
+    }
+  }
+  if (previous != nullptr) families_->model_info.Remove(previous);
+}
+
+void Metrics::RemoveModel(const std::string& model) {
+  prometheus::Gauge* gauge = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = model_info_.find(model);
+    if (it == model_info_.end()) return;
+    gauge = it->second;
+    model_info_.erase(it);
+  }
+  families_->model_info.Remove(gauge);
+}
+
+void Metrics::LoadFailed(const std::string& model) {
+  families_->load_failures.Add({{"model", model}}).Increment();
 }
 
 void Metrics::RequestFinished(const std::string& model, const std::string& code,

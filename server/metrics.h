@@ -5,13 +5,17 @@
 #define ATTNSERVE_SERVER_METRICS_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "core/model_config.h"
 
 namespace prometheus {
+class Gauge;
 class Registry;
 class Exposer;
 }  // namespace prometheus
@@ -31,9 +35,16 @@ class Metrics {
   // address. Call at most once.
   absl::StatusOr<int> StartHttp(const std::string& address);
 
-  // attnserve_model_info{model, precision, positional, relevance,
-  // normalization, projections, d_model, num_heads, max_length} = 1.
-  void AddModel(const std::string& model, const core::ModelConfig& config);
+  // attnserve_model_info{model, version, precision, positional, relevance,
+  // normalization, projections, d_model, num_heads, max_length} = 1; the
+  // series of an earlier version of `model` is removed.
+  void AddModel(const std::string& model, const core::ModelConfig& config,
+                const std::string& version);
+  // Removes the attnserve_model_info series of `model` (it was unloaded).
+  void RemoveModel(const std::string& model);
+
+  // attnserve_model_load_failures_total{model} += 1.
+  void LoadFailed(const std::string& model);
 
   // A finished request: attnserve_requests_total{model, code} += 1 and
   // attnserve_request_duration_seconds{model} observes `seconds` (receipt to
@@ -68,6 +79,10 @@ class Metrics {
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Families> families_;
   std::unique_ptr<prometheus::Exposer> exposer_;
+
+  std::mutex mu_;
+  // The attnserve_model_info series of each model (one version at a time).
+  std::map<std::string, prometheus::Gauge*> model_info_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace attnserve::server

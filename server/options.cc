@@ -185,6 +185,14 @@ absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions
        "Directory holding one directory per model (config.json + weights.safetensors)");
   Flag(app, "default-model", o.default_model,
        "Model served when a request names none (default: the only, or first by name)");
+  std::string model_control = ModelControlName(o.model_control);
+  Flag(app, "model-control", model_control,
+       "none (the models found at startup, until exit), poll (re-read the repository every "
+       "--repository-poll-s: load new and changed models, unload removed ones) or explicit "
+       "(attnserve.v1.ModelRepository LoadModel/UnloadModel RPCs)");
+  Flag(app, "repository-poll-s", o.repository_poll_s,
+       "With --model-control poll: seconds between two reads of the model repository "
+       "(0.1 to 86400)");
   Flag(app, "max-batch-size", o.batching.max_batch_size, "Most requests in one batch");
   Flag(app, "max-batch-tokens", o.batching.max_batch_tokens,
        "Most tokens (sum of sequence lengths) in one batch; a longer request runs alone");
@@ -235,6 +243,14 @@ absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions
     return absl::InvalidArgumentError(e.what());
   }
   if (absl::Status s = ValidateSecurityOptions(o.security); !s.ok()) return s;
+  auto control = ParseModelControl(model_control);
+  if (!control.ok()) return control.status();
+  o.model_control = *control;
+  // Also rejects NaN.
+  if (!(o.repository_poll_s >= 0.1 && o.repository_poll_s <= 86400)) {
+    return absl::InvalidArgumentError("--repository-poll-s must be in [0.1, 86400]; was " +
+                                      std::to_string(o.repository_poll_s));
+  }
   if (o.security.health_port != 0 && o.security.health_port == o.port) {
     return absl::InvalidArgumentError("--health-port must differ from --port");
   }

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "server/batcher.h"
+#include "server/model_lifecycle.h"
 #include "server/model_registry.h"
 #include "server/security_options.h"
 
@@ -25,6 +26,11 @@ struct ServerOptions {
   // Directory of model directories (NAME/config.json + weights.safetensors).
   std::string model_repository;
   std::string default_model;  // "" = the only model, or the first by name
+  // --model-control: none (the models of startup until exit), poll (the
+  // repository is re-read every repository_poll_s) or explicit (the
+  // attnserve.v1.ModelRepository RPCs). See model_lifecycle.h.
+  ModelControl model_control = ModelControl::kNone;
+  double repository_poll_s = 5.0;  // --repository-poll-s, in [0.1, 86400]
   BatcherOptions batching;    // --max-batch-size, --max-batch-tokens, ...
   int threads = 0;            // engine threads per batch; 0 = AvailableCpus()
   std::string log_level = "info";

@@ -61,6 +61,13 @@ void AttnServer::SetServing(const std::string& service, bool serving) {
   }
 }
 
+// gRPC's health service cannot forget a name: an unloaded model stays
+// NOT_SERVING (a Watch then still sees the change).
+void AttnServer::OnModelHealth(const std::string& model, ModelHealth health) {
+  if (health_frozen_.load()) return;
+  SetServing(model, health == ModelHealth::kServing);
+}
+
 absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOptions& options) {
   auto s = std::unique_ptr<AttnServer>(new AttnServer());
   s->options_ = options;
@@ -70,7 +77,8 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
        .default_model = options.default_model,
        .batching = options.batching,
        .threads = options.threads > 0 ? options.threads : AvailableCpus(),
-       .engine_factory = options.engine_factory},
+       .engine_factory = options.engine_factory,
+       .retire_timeout_ms = options.drain_timeout_ms},
       &s->clock_, s->metrics_.get());
   if (!registry.ok()) return registry.status();
   s->registry_ = *std::move(registry);
@@ -83,6 +91,15 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   s->v2_service_ = std::make_unique<InferenceService>(
       s->registry_.get(), s->metrics_.get(), &s->clock_,
       InferenceServiceOptions{.max_message_bytes = options.max_message_bytes});
+  AttnServer* const self = s.get();
+  s->lifecycle_ = std::make_unique<ModelLifecycle>(
+      s->registry_.get(), s->metrics_.get(),
+      ModelLifecycleOptions{
+          .control = options.model_control,
+          .poll_interval_ms = static_cast<int64_t>(options.repository_poll_s * 1000)},
+      [self](const std::string& model, ModelHealth health) { self->OnModelHealth(model, health); });
+  s->repository_service_ =
+      std::make_unique<RepositoryService>(s->lifecycle_.get(), s->registry_.get());
 
   if (absl::Status tls = CheckTlsFiles(options.security); !tls.ok()) return tls;
   s->cert_log_watcher_ = WatchCertificateForLog(options.security, &s->clock_);
@@ -98,6 +115,7 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   builder.SetOption(std::make_unique<ReflectionOption>(options.security.reflection));
   builder.RegisterService(s->service_.get());
   builder.RegisterService(s->v2_service_.get());
+  builder.RegisterService(s->repository_service_.get());
   // Bounds what gRPC buffers (incoming and outgoing messages, call state):
   // under pressure it shrinks flow-control windows and cancels streams with
   // RESOURCE_EXHAUSTED rather than growing without bound.
@@ -123,7 +141,9 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
     if (absl::Status h = s->StartHealthServer(); !h.ok()) return h;
   }
   s->SetServing("", true);
-  for (const auto& m : s->registry_->models()) s->SetServing(m->name(), true);
+  const auto models = s->registry_->models();  // a snapshot, held for the loop
+  for (const auto& m : *models) s->SetServing(m->name(), true);
+  s->lifecycle_->Start();  // health and the registry are ready for changes
 
   if (options.metrics_port != 0) {
     auto port = s->metrics_->StartHttp(absl::StrCat(options.metrics_host, ":", options.metrics_port));
@@ -163,6 +183,8 @@ bool AttnServer::Drain() {
   // a slow reader's flow control too), 4. keep refusing (UNAVAILABLE, which
   // clients retry elsewhere) until callers have noticed, 5. end the batch
   // threads, 6. stop the transport. Every phase ends by the drain deadline.
+  lifecycle_->Stop();  // no load or unload starts from now on
+  health_frozen_.store(true);
   server_->GetHealthCheckService()->SetServingStatus(false);
   if (health_server_ != nullptr) health_server_->GetHealthCheckService()->SetServingStatus(false);
   service_->StartDraining();
@@ -228,6 +250,7 @@ AttnServer::~AttnServer() {
   // A drain that missed its deadline left these for a stuck engine run to
   // release: wait for it here (main() exits without destroying the server).
   if (shutdown_thread_.joinable()) shutdown_thread_.join();
+  lifecycle_.reset();  // joins the poll thread, which may be retiring a model
   registry_.reset();
 }
 }  // namespace attnserve::server

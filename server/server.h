@@ -4,6 +4,7 @@
 #ifndef ATTNSERVE_SERVER_SERVER_H_
 #define ATTNSERVE_SERVER_SERVER_H_
 
+#include <atomic>
 #include <memory>
 #include <chrono>
 #include <condition_variable>
@@ -21,8 +22,10 @@ class CallbackGenericService;
 #include "server/clock.h"
 #include "server/file_watcher.h"
 #include "server/metrics.h"
+#include "server/model_lifecycle.h"
 #include "server/model_registry.h"
 #include "server/options.h"
+#include "server/repository_service.h"
 #include "server/service.h"
 #include "server/v2_service.h"
 
@@ -41,6 +44,9 @@ class AttnServer {
   int metrics_port() const { return metrics_port_; }
   int health_port() const { return health_port_; }  // 0: --health-port off
   const ModelRegistry& registry() const { return *registry_; }
+  // Model loads and unloads while serving (--model-control); tests call
+  // lifecycle().PollNow() instead of waiting for the poll thread.
+  ModelLifecycle& lifecycle() { return *lifecycle_; }
   Metrics& metrics() { return *metrics_; }
 
   // Graceful drain (SIGTERM): health turns NOT_SERVING, new calls get
@@ -60,6 +66,8 @@ class AttnServer {
   absl::Status StartHealthServer();
   // Health of `service` on the main server and the health-only server.
   void SetServing(const std::string& service, bool serving);
+  // A model's health after a lifecycle change (ignored once draining).
+  void OnModelHealth(const std::string& model, ModelHealth health);
   // Times are clock_ microseconds.
   void LingerWhileRefusing(int64_t drain_start_us, int64_t deadline_us);
   // Shuts the gRPC server down on shutdown_thread_ (see the .cc); true when
@@ -72,6 +80,10 @@ class AttnServer {
   std::unique_ptr<ModelRegistry> registry_;
   std::unique_ptr<AttentionService> service_;
   std::unique_ptr<InferenceService> v2_service_;  // KServe v2, same port
+  // Declared after registry_: destroyed (poll thread joined) before it.
+  std::unique_ptr<ModelLifecycle> lifecycle_;
+  std::unique_ptr<RepositoryService> repository_service_;
+  std::atomic<bool> health_frozen_{false};  // Drain began: health is NOT_SERVING for good
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   int metrics_port_ = 0;

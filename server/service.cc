@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/repository_service.h"
 #include "server/status_names.h"
 #include "server/validation.h"
 
@@ -195,7 +196,9 @@ void AttentionService::Admit(const grpc::ByteBuffer& bytes, const CallInfo& call
   w.id = w.request.request_id().empty() ? NewRequestId() : w.request.request_id();
   w.length = w.request.input().rows();
   w.response.set_request_id(w.id);
-  ServedModel* model = registry_->Find(w.request.model());
+  // Held until the request is submitted: a model swapped out or unloaded
+  // meanwhile still takes it (and answers it) on this version.
+  const std::shared_ptr<ServedModel> model = registry_->Find(w.request.model());
   if (model == nullptr) return Refuse(ModelNotFound(w.request.model()), w);
   w.model = model->name();
   if (draining_.load()) {
@@ -231,9 +234,13 @@ void AttentionService::Admit(const grpc::ByteBuffer& bytes, const CallInfo& call
 
 grpc::Status AttentionService::ModelNotFound(const std::string& name) const {
   std::vector<std::string> names;
-  for (const auto& m : registry_->models()) names.push_back(m->name());
+  const auto models = registry_->models();  // a snapshot, held for the loop
+  for (const auto& m : *models) names.push_back(m->name());
+  const std::string wanted = name.empty()
+                                 ? absl::StrCat("the default model '", registry_->default_name(), "'")
+                                 : absl::StrCat("model '", name, "'");
   return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                      absl::StrCat("model '", name, "' is not served here; served models: ",
+                      absl::StrCat(wanted, " is not served here; served models: ",
                                    absl::StrJoin(names, ", ")));
 }
 
@@ -367,19 +374,9 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* AttentionService::ListModels(grpc::CallbackServerContext* context,
                                                        const v1::ListModelsRequest*,
                                                        v1::ListModelsResponse* response) {
-  for (const auto& m : registry_->models()) {
-    const core::ModelConfig& c = m->config();
-    v1::ModelInfo* info = response->add_models();
-    info->set_name(m->name());
-    info->set_d_model(c.d_model);
-    info->set_num_heads(c.num_heads);
-    info->set_max_length(c.max_length);
-    info->set_positional(std::string(core::ToString(c.positional)));
-    info->set_relevance(std::string(core::ToString(c.relevance)));
-    info->set_normalization(std::string(core::ToString(c.normalization)));
-    info->set_projections(c.projections);
-    info->set_precision(std::string(core::ToString(c.precision)));
-    info->set_is_default(m->name() == registry_->default_name());
+  const auto models = registry_->models();  // a snapshot, held for the loop
+  for (const auto& m : *models) {
+    FillModelInfo(*m, m->name() == registry_->default_name(), response->add_models());
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);

@@ -207,7 +207,8 @@ void InferenceService::Infer(const grpc::ByteBuffer& bytes, int64_t deadline_us,
   auto model = registry_->Find(request.model_name());
   if (model == nullptr) {
     std::vector<std::string> names;
-    for (const auto& m : registry_->models()) names.push_back(m->name());
+    const auto models = registry_->models();  // a snapshot, held for the loop
+    for (const auto& m : *models) names.push_back(m->name());
     return Answer(*work, grpc::Status(grpc::StatusCode::NOT_FOUND,
                                       absl::StrCat("model '", request.model_name(),
                                                    "' is not served here; served models: ",

@@ -306,6 +306,56 @@ TEST_F(AttnctlTest, ModelsListsTheRepository) {
                                                      "mha_sinusoidal_sep", "rotary_manual"));
 }
 
+// load, unload and repository against a server of its own
+// (--model-control explicit) on a copy of one golden model; the shared
+// server (--model-control none) refuses load with FAILED_PRECONDITION.
+TEST_F(AttnctlTest, LoadUnloadAndRepositoryManageModels) {
+  namespace fs = std::filesystem;
+  const fs::path repo = fs::path(dir_) / "repo";
+  fs::create_directories(repo);
+  fs::copy(fs::path(GoldenRepository()) / "mha_plain", repo / "mha_plain");
+  server::ServerOptions options = LoopbackOptions(repo.string());
+  options.model_control = server::ModelControl::kExplicit;
+  auto server = StartLoopbackServer(options);
+  ASSERT_NE(server, nullptr);
+  const int port = server->port();
+
+  fs::copy(fs::path(GoldenRepository()) / "rotary_manual", repo / "rotary_manual");
+  RunResult run = Attnctl({"load", "rotary_manual"}, port);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  v1::LoadModelResponse loaded;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(
+                  run.output.substr(run.output.find('{')), &loaded).ok()) << run.output;
+  EXPECT_EQ(loaded.model().name(), "rotary_manual");
+  EXPECT_TRUE(loaded.changed());
+  EXPECT_EQ(loaded.model().version(), server->registry().Find("rotary_manual")->version());
+
+  run = Attnctl({"repository"}, port);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  v1::ListRepositoryResponse list;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(
+                  run.output.substr(run.output.find('{')), &list).ok()) << run.output;
+  ASSERT_EQ(list.models_size(), 2);
+  EXPECT_EQ(list.models(1).name(), "rotary_manual");
+  EXPECT_EQ(list.models(1).state(), v1::MODEL_STATE_READY);
+
+  run = Attnctl({"unload", "rotary_manual"}, port);
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(server->registry().Find("rotary_manual"), nullptr);
+  run = Attnctl({"unload", "rotary_manual"}, port);
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("error: NOT_FOUND: "));
+  run = Attnctl({"load", "no_such_dir"}, port);
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("error: NOT_FOUND: "));
+  run = Attnctl({"load"}, port);
+  EXPECT_EQ(run.exit_code, 2) << run.output;  // usage: the model is required
+
+  run = Attnctl({"load", "mha_plain"});  // the shared server: --model-control none
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("error: FAILED_PRECONDITION: "));
+}
+
 TEST_F(AttnctlTest, BenchReportsExactlyTheCallsItMade) {
   RunResult run = Attnctl({"bench", "-n", "60", "-c", "6", "--connections", "2", "--lengths",
                            "4:0.5,16:0.3,33:0.2", "--weights", "mean", "--format", "json"});

@@ -18,6 +18,7 @@ DEPLOY = os.path.join(REPO, "deploy")
 # The series attnserve exports (DESIGN.md, "Metrics"). Histograms also export
 # NAME_bucket, NAME_sum and NAME_count.
 COUNTERS = ["attnserve_requests_total", "attnserve_tokens_total", "attnserve_engine_failures_total",
+            "attnserve_model_load_failures_total",
             "process_cpu_seconds_total"]
 GAUGES = ["attnserve_queue_depth", "attnserve_inflight_requests", "attnserve_model_info",
           "process_resident_memory_bytes", "process_start_time_seconds"]

@@ -117,6 +117,7 @@ TEST_F(MetricsE2ETest, ModelInfoHasOneSeriesPerModelWithItsConfig) {
   for (const auto& dir : std::filesystem::directory_iterator(SourcePath("tests/golden/data"))) {
     const nlohmann::json c = nlohmann::json::parse(ReadFile((dir.path() / "config.json").string()));
     expected.push_back({{"model", dir.path().filename().string()},
+                        {"version", server::ModelVersion(dir.path().string())},
                         {"precision", c.at("precision").get<std::string>()},
                         {"positional", c.at("positional").get<std::string>()},
                         {"relevance", c.at("relevance").get<std::string>()},

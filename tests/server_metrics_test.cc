@@ -134,7 +134,7 @@ core::ModelConfig TestConfig() {
 
 // Records one of everything, so every family has a series.
 void RecordOneOfEach(Metrics& metrics) {
-  metrics.AddModel("demo", TestConfig());
+  metrics.AddModel("demo", TestConfig(), "0123456789ab");
   metrics.RequestFinished("demo", "OK", 0.004);
   metrics.RequestFinished("demo", "RESOURCE_EXHAUSTED", 0.0001);
   metrics.QueueWait("demo", 0.001);
@@ -282,9 +282,10 @@ TEST(MetricsTest, Gauges) {
 
 TEST(MetricsTest, ModelInfoCarriesTheConfig) {
   Metrics metrics;
-  metrics.AddModel("demo", TestConfig());
+  metrics.AddModel("demo", TestConfig(), "0123456789ab");
   const auto info = Series(metrics, "attnserve_model_info",
                            {{"model", "demo"},
+                            {"version", "0123456789ab"},
                             {"precision", "bf16"},
                             {"positional", "rotary"},
                             {"relevance", "additive"},
@@ -294,6 +295,45 @@ TEST(MetricsTest, ModelInfoCarriesTheConfig) {
                             {"num_heads", "4"},
                             {"max_length", "2048"}});
   EXPECT_DOUBLE_EQ(info.gauge.value, 1);
+}
+
+// A model has one model_info series at a time: a new version replaces the
+// old one's series, an unload removes it; other models are untouched.
+TEST(MetricsTest, ModelInfoFollowsVersionsAndUnloads) {
+  Metrics metrics;
+  metrics.AddModel("demo", TestConfig(), "v1");
+  metrics.AddModel("other", TestConfig(), "w1");
+  metrics.AddModel("demo", TestConfig(), "v2");
+  auto versions = [&metrics] {
+    std::map<std::string, std::string> seen;  // model -> version
+    const auto all = Collect(metrics);
+    const prometheus::MetricFamily* family = FindFamily(all, "attnserve_model_info");
+    if (family == nullptr) return seen;
+    for (const auto& metric : family->metric) {
+      std::map<std::string, std::string> labels;
+      for (const auto& label : metric.label) labels[label.name] = label.value;
+      EXPECT_FALSE(seen.count(labels["model"])) << "two series for " << labels["model"];
+      seen[labels["model"]] = labels["version"];
+    }
+    return seen;
+  };
+  EXPECT_EQ(versions(), (std::map<std::string, std::string>{{"demo", "v2"}, {"other", "w1"}}));
+  metrics.RemoveModel("demo");
+  EXPECT_EQ(versions(), (std::map<std::string, std::string>{{"other", "w1"}}));
+  metrics.RemoveModel("demo");  // unknown: nothing happens
+  metrics.AddModel("demo", TestConfig(), "v3");
+  EXPECT_EQ(versions(), (std::map<std::string, std::string>{{"demo", "v3"}, {"other", "w1"}}));
+}
+
+TEST(MetricsTest, LoadFailuresCountedPerModel) {
+  Metrics metrics;
+  metrics.LoadFailed("a");
+  metrics.LoadFailed("a");
+  metrics.LoadFailed("b");
+  EXPECT_DOUBLE_EQ(
+      Series(metrics, "attnserve_model_load_failures_total", {{"model", "a"}}).counter.value, 2);
+  EXPECT_DOUBLE_EQ(
+      Series(metrics, "attnserve_model_load_failures_total", {{"model", "b"}}).counter.value, 1);
 }
 
 TEST(MetricsTest, FamiliesHaveDesignNamesTypesAndHelp) {

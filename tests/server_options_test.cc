@@ -104,5 +104,27 @@ TEST(MemoryFlagsTest, StreamWindowBytesTakesSuffixesDefaultsTo64MiBAndMustBePosi
   EXPECT_FALSE(Parse({"--stream-window-bytes", "lots"}, &o).ok());
 }
 
+TEST(ModelControlFlagsTest, ModesPollIntervalAndTheirErrors) {
+  ServerOptions defaults;
+  ASSERT_TRUE(Parse({}, &defaults).ok());
+  EXPECT_EQ(defaults.model_control, ModelControl::kNone);
+  EXPECT_DOUBLE_EQ(defaults.repository_poll_s, 5.0);
+  ServerOptions o;
+  ASSERT_TRUE(Parse({"--model-control", "poll", "--repository-poll-s", "0.2"}, &o).ok());
+  EXPECT_EQ(o.model_control, ModelControl::kPoll);
+  EXPECT_DOUBLE_EQ(o.repository_poll_s, 0.2);
+  ASSERT_TRUE(Parse({"--model-control=explicit"}, &o).ok());
+  EXPECT_EQ(o.model_control, ModelControl::kExplicit);
+  EXPECT_EQ(Parse({"--model-control", "auto"}, &o).message(),
+            "--model-control must be none, poll or explicit; was 'auto'");
+  for (const char* bad : {"0", "0.05", "-1", "86401", "nan"}) {
+    SCOPED_TRACE(bad);
+    const absl::Status s = Parse({"--repository-poll-s", bad}, &o);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(Parse({"--repository-poll-s", "0"}, &o).message(),
+            "--repository-poll-s must be in [0.1, 86400]; was 0.000000");
+}
+
 }  // namespace
 }  // namespace attnserve::server
