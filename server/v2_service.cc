@@ -170,9 +170,11 @@ grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
     return Done(context, "ModelMetadata",
                 grpc::Status(grpc::StatusCode::NOT_FOUND,
                              model == nullptr
-                                 ? absl::StrCat("model '", request->name(), "' is not served here")
+                                 ? absl::StrCat("model '", v2::ClipForMessage(request->name()),
+                                                "' is not served here")
                                  : absl::StrCat("model '", request->name(), "' has no version '",
-                                                request->version(), "'; versions: ",
+                                                v2::ClipForMessage(request->version()),
+                                                "'; versions: ",
                                                 kModelVersion)));
   }
   v2::FillModelMetadata(model->name(), kModelVersion, model->config(), response);
@@ -202,16 +204,17 @@ void InferenceService::Infer(const grpc::ByteBuffer& bytes, int64_t deadline_us,
   if (model == nullptr) {
     std::vector<std::string> names;
     for (const auto& m : registry_->models()) names.push_back(m->name());
-    return Answer(*work, grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                      absl::StrCat("model '", request.model_name(),
-                                                   "' is not served here; served models: ",
-                                                   absl::StrJoin(names, ", "))));
+    return Answer(*work,
+                  grpc::Status(grpc::StatusCode::NOT_FOUND,
+                               absl::StrCat("model '", v2::ClipForMessage(request.model_name()),
+                                            "' is not served here; served models: ",
+                                            absl::StrJoin(names, ", "))));
   }
   work->model = model->name();
   if (!KnownVersion(request.model_version())) {
     return Answer(*work, grpc::Status(grpc::StatusCode::NOT_FOUND,
                                       absl::StrCat("model '", model->name(), "' has no version '",
-                                                   request.model_version(),
+                                                   v2::ClipForMessage(request.model_version()),
                                                    "'; versions: ", kModelVersion)));
   }
   if (draining_.load()) {
@@ -333,7 +336,7 @@ void InferenceService::Answer(InferWork& work, grpc::Status status) {
       status = grpc::Status(grpc::StatusCode::INTERNAL, "building the reply failed");
     }
   }
-  const std::string id = work.request.id();
+  const std::string id = v2::ClipForMessage(work.request.id());  // logged: bounded
   // Free the request and reply now, not when the last batch holding a
   // sequence of this call is done.
   work.request = inference::ModelInferRequest();
