@@ -421,14 +421,8 @@ grpc::Status PlanInfer(const ModelInferRequest& request, const std::string& mode
     s.pooling = pooling;
     reply_floats += OutputRows(s) * config.d_model + AttentionFloats(config, weights, s.length);
   }
-  const uint64_t reply_bytes = 4 * reply_floats + 512 + request.id().size() + model_name.size();
-  if (reply_bytes > static_cast<uint64_t>(max_reply_bytes)) {
-    return grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("the reply would be about ", reply_bytes, " bytes, over the server's ",
-                     "max message size of ", max_reply_bytes,
-                     " bytes; ask for weights 'mean' or no attention, or send fewer rows"));
-  }
+  // Validated first, as attnserve.v1 does: a sequence the model cannot take
+  // is its own error (OUT_OF_RANGE for L > max_length), whatever its reply size.
   for (uint32_t b = 0; b < plan->batch; ++b) {
     if (absl::Status s = core::ValidateSequence(config, plan->sequences[b]); !s.ok()) {
       const std::string where =
@@ -437,6 +431,14 @@ grpc::Status PlanInfer(const ModelInferRequest& request, const std::string& mode
                           absl::StrCat(where, s.message()));
     }
     plan->sequences[b].values_checked = true;
+  }
+  const uint64_t reply_bytes = 4 * reply_floats + 512 + request.id().size() + model_name.size();
+  if (reply_bytes > static_cast<uint64_t>(max_reply_bytes)) {
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("the reply would be about ", reply_bytes, " bytes, over the server's ",
+                     "max message size of ", max_reply_bytes,
+                     " bytes; ask for weights 'mean' or no attention, or send fewer rows"));
   }
   return grpc::Status::OK;
 }

@@ -397,6 +397,13 @@ TEST(E2eV2RpcTest, ReplyOverTheMessageLimitIsResourceExhausted) {
   const grpc::Status s = CallInfer(*stub, r, &reply);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("max message size"));
+  // A sequence the model cannot take is OUT_OF_RANGE, as in attnserve.v1,
+  // even when its reply would also be too large.
+  r = MakeInfer("mha_sinusoidal_sep", {65, 64}, RandomVector(rng, 65 * 64, 1.0f), "FP32", true,
+                {{"weights", std::string("per_head")}});
+  const grpc::Status too_long = CallInfer(*stub, r, &reply);
+  EXPECT_EQ(too_long.error_code(), grpc::StatusCode::OUT_OF_RANGE) << too_long.error_message();
+  EXPECT_THAT(too_long.error_message(), HasSubstr("max_length 64"));
 }
 
 TEST(E2eV2RpcTest, BatchedCallFailsWholeWhenTheQueueOverflowsAndComputesNothing) {
