@@ -468,6 +468,91 @@ TEST(E2eV2RpcTest, DrainingRefusesNewCallsAndAnswersTheAcceptedOne) {
   EXPECT_TRUE(oracle.Matches("mha_plain", p.request, p.reply));
 }
 
+// A batched call whose deadline passes while its first sequence computes and
+// the other two wait in the queue: the two are dropped, never computed; the
+// call is answered once (counted DEADLINE_EXCEEDED or CANCELLED) when the
+// computing one returns, after the client is gone; nothing stays in flight.
+TEST(E2eV2RpcTest, BatchedCallGoneWhileQueuedDropsItsSiblings) {
+  auto state = std::make_shared<EngineHookState>();
+  Gate release;
+  std::atomic<bool> in_engine{false};
+  state->before_run = [&](const std::string&, std::span<const core::SequenceInput>) {
+    in_engine = true;
+    release.Wait(std::chrono::seconds(30));
+    return absl::OkStatus();
+  };
+  server::ServerOptions options = LoopbackOptions(GoldenRepository());
+  options.engine_factory = HookedEngineFactory(state);
+  options.batching.max_batch_size = 1;  // one sequence per batch
+  auto server = StartLoopbackServer(options);
+  ASSERT_NE(server, nullptr);
+  auto stub = GRPCInferenceService::NewStub(LoopbackChannel(server->port()));
+  std::mt19937 rng(12);
+  const ModelInferRequest batched =
+      MakeInfer("mha_plain", {3, 4, 32}, RandomVector(rng, 3 * 4 * 32, 1.0f), "FP32", true);
+  ModelInferResponse reply;
+  const grpc::Status gone = CallInfer(*stub, batched, &reply, /*deadline_ms=*/1500);
+  EXPECT_EQ(gone.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << gone.error_message();
+  ASSERT_TRUE(in_engine.load());
+  release.Open();
+  auto failed = [&] {
+    return CounterValue(server->metrics(), "attnserve_requests_total",
+                        {{"model", "mha_plain"}, {"code", "DEADLINE_EXCEEDED"}}) +
+           CounterValue(server->metrics(), "attnserve_requests_total",
+                        {{"model", "mha_plain"}, {"code", "CANCELLED"}});
+  };
+  ASSERT_TRUE(WaitFor([&] { return failed() == 1; }, std::chrono::seconds(10)));
+  EXPECT_EQ(state->runs.load(), 1);  // the two queued siblings were never computed
+  // Still serving; then a drain finds nothing unanswered.
+  const ModelInferRequest good =
+      MakeInfer("mha_plain", {2, 4, 32}, RandomVector(rng, 2 * 4 * 32, 1.0f), "FP32", true);
+  const grpc::Status ok = CallInfer(*stub, good, &reply);
+  EXPECT_TRUE(ok.ok()) << ok.error_message();
+  EXPECT_EQ(state->runs.load(), 3);
+  EXPECT_TRUE(server->Drain());
+  EXPECT_EQ(failed(), 1);
+}
+
+// Draining while a batched call is partly computed: its other sequences are
+// still computed and the call is answered whole, then the drain completes.
+TEST(E2eV2RpcTest, DrainFinishesAPartlyComputedBatchedCall) {
+  auto state = std::make_shared<EngineHookState>();
+  Gate release;
+  state->before_run = [&](const std::string&, std::span<const core::SequenceInput>) {
+    release.Wait(std::chrono::seconds(30));
+    return absl::OkStatus();
+  };
+  server::ServerOptions options = LoopbackOptions(GoldenRepository());
+  options.engine_factory = HookedEngineFactory(state);
+  options.batching.max_batch_size = 1;
+  options.drain_timeout_ms = 30000;
+  auto server = StartLoopbackServer(options);
+  ASSERT_NE(server, nullptr);
+  const ReferenceOracle oracle(GoldenRepository());
+  auto stub = GRPCInferenceService::NewStub(LoopbackChannel(server->port()));
+  std::mt19937 rng(13);
+  const std::vector<float> values = RandomVector(rng, 3 * 4 * 32, 1.0f);
+  const ModelInferRequest batched = MakeInfer("mha_plain", {3, 4, 32}, values, "FP32", true);
+  ModelInferResponse reply;
+  grpc::Status status;
+  std::thread client([&] { status = CallInfer(*stub, batched, &reply); });
+  ASSERT_TRUE(WaitFor([&] { return state->runs.load() == 1; }, std::chrono::seconds(10)));
+  bool drained = false;
+  std::thread drainer([&] { drained = server->Drain(); });
+  EXPECT_TRUE(WaitFor([&] { return !ServerReady(*stub); }, std::chrono::seconds(5)));
+  release.Open();
+  client.join();
+  drainer.join();
+  EXPECT_TRUE(drained);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(state->runs.load(), 3);
+  for (uint32_t b = 0; b < 3; ++b) {
+    const v2::V1Pair p =
+        v2::SequenceAsV1(values, b, 4, 32, {}, v1::WEIGHTS_NONE, v1::POOLING_NONE, reply);
+    EXPECT_TRUE(oracle.Matches("mha_plain", p.request, p.reply)) << "sequence " << b;
+  }
+}
+
 TEST(E2eV2RpcTest, TokensGuardV2CallsButServerLiveAndReady) {
   const std::string dir = ::testing::TempDir() + "/v2_tokens_" + std::to_string(::getpid());
   std::filesystem::create_directories(dir);
