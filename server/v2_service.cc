@@ -217,11 +217,26 @@ void InferenceService::Infer(const grpc::ByteBuffer& bytes, int64_t deadline_us,
                                                    v2::ClipForMessage(request.model_version()),
                                                    "'; versions: ", kModelVersion)));
   }
-  if (draining_.load()) {
+  // Accepted or refused under mu_: an accepted call submits all its
+  // sequences before StartDraining returns and the batchers stop taking any.
+  bool refused = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    refused = draining_.load();
+    if (!refused) ++submitting_;
+  }
+  if (refused) {
     last_refusal_us_.store(clock_->NowMicros());
     return Answer(*work, grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                       "server is draining for shutdown; retry on another replica"));
   }
+  struct Submitting {
+    InferenceService* service;
+    ~Submitting() {
+      std::lock_guard<std::mutex> lock(service->mu_);
+      if (--service->submitting_ == 0) service->idle_cv_.notify_all();
+    }
+  } submitting{this};
   work->response.set_model_name(model->name());
   work->response.set_model_version(kModelVersion);
   if (grpc::Status s = v2::PlanInfer(request, model->name(), model->config(),
@@ -382,7 +397,11 @@ void InferenceService::EndRequest() {
   if (--inflight_ == 0) idle_cv_.notify_all();
 }
 
-void InferenceService::StartDraining() { draining_.store(true); }
+void InferenceService::StartDraining() {
+  std::unique_lock<std::mutex> lock(mu_);
+  draining_.store(true);
+  idle_cv_.wait(lock, [this] { return submitting_ == 0; });
+}
 
 int64_t InferenceService::last_refusal_us() const { return last_refusal_us_.load(); }
 
