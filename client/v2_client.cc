@@ -1,6 +1,8 @@
 #include "client/v2_client.h"
 
+#include <algorithm>
 #include <bit>
+#include <cctype>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -187,8 +189,51 @@ absl::StatusOr<LoadRequest> MakeV2LoadRequest(const v1::AttendRequest& request, 
   return load;
 }
 
+namespace {
+
+// An output the server sent is written to PREFIX<name>.npy only when its
+// name is a plain file name (no path, so a hostile server cannot place files
+// outside the prefix) and its FP32 shape accounts for its bytes exactly.
+absl::Status CheckNpyOutput(const inference::ModelInferResponse::InferOutputTensor& t,
+                            const std::string& raw) {
+  const std::string& name = t.name();
+  const bool plain = !name.empty() && name.size() <= 128 && name != "." && name != ".." &&
+                     std::all_of(name.begin(), name.end(), [](char c) {
+                       return std::isalnum(static_cast<unsigned char>(c)) || c == '_' ||
+                              c == '-' || c == '.';
+                     });
+  if (!plain) {
+    return absl::DataLossError(absl::StrCat("the reply has an output named '",
+                                            name.substr(0, 64),
+                                            "', which is no plain file name; nothing written"));
+  }
+  if (t.datatype() != "FP32") {
+    return absl::DataLossError(absl::StrCat("output '", name, "' is ", t.datatype().substr(0, 16),
+                                            ", not FP32; nothing written"));
+  }
+  uint64_t elements = 1;
+  bool fits = t.shape_size() <= 8;  // npy v1 headers are small
+  for (int64_t d : t.shape()) {
+    fits = fits && d >= 0 &&
+           !__builtin_mul_overflow(elements, static_cast<uint64_t>(d), &elements);
+  }
+  if (!fits || elements > raw.size() / 4 || elements * 4 != raw.size()) {
+    return absl::DataLossError(absl::StrCat("output '", name, "': shape of ", t.shape_size(),
+                                            " dimensions does not match its ", raw.size(),
+                                            " raw bytes; nothing written"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status WriteModelInferNpy(const inference::ModelInferResponse& reply,
                                 const std::string& prefix, std::vector<std::string>* paths) {
+  for (int i = 0; i < reply.outputs_size() && i < reply.raw_output_contents_size(); ++i) {
+    if (absl::Status s = CheckNpyOutput(reply.outputs(i), reply.raw_output_contents(i)); !s.ok()) {
+      return s;
+    }
+  }
   for (int i = 0; i < reply.outputs_size() && i < reply.raw_output_contents_size(); ++i) {
     const auto& t = reply.outputs(i);
     NpyArray array;

@@ -27,8 +27,16 @@ grpc::Status Invalid(const std::string& message) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, message);
 }
 
+using v2::ClipForMessage;
+std::string Clip(const std::string& text) { return ClipForMessage(text); }
+
+// The shape as the client sent it, at most kShownDims dimensions of it (a
+// shape is client input: the message must stay small).
 std::string ShapeString(const google::protobuf::RepeatedField<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  constexpr int kShownDims = 8;
+  if (shape.size() <= kShownDims) return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  return absl::StrCat("[", absl::StrJoin(shape.begin(), shape.begin() + kShownDims, ", "),
+                      ", ... (", shape.size(), " dimensions)]");
 }
 
 // The element count of `shape`; INVALID_ARGUMENT for a dimension < 1 (empty
@@ -38,13 +46,13 @@ grpc::Status Elements(const Tensor& t, bool allow_zero_rows, uint64_t* count) {
   for (int i = 0; i < t.shape_size(); ++i) {
     const int64_t dim = t.shape(i);
     if (dim < 0 || (dim == 0 && !(allow_zero_rows && i == 0))) {
-      return Invalid(absl::StrCat("input '", t.name(), "': shape ", ShapeString(t.shape()),
+      return Invalid(absl::StrCat("input '", Clip(t.name()), "': shape ", ShapeString(t.shape()),
                                   " has dimension ", i, " = ", dim,
                                   "; every dimension must be >= 1"));
     }
     if (__builtin_mul_overflow(n, static_cast<uint64_t>(dim), &n) ||
         n > uint64_t{std::numeric_limits<int64_t>::max()}) {
-      return Invalid(absl::StrCat("input '", t.name(), "': shape ", ShapeString(t.shape()),
+      return Invalid(absl::StrCat("input '", Clip(t.name()), "': shape ", ShapeString(t.shape()),
                                   " has more elements than any message can carry"));
     }
   }
@@ -63,15 +71,16 @@ grpc::Status CheckRawSize(const Tensor& t, const std::string& raw, uint64_t elem
                           uint64_t element_bytes) {
   uint64_t want = 0;
   if (__builtin_mul_overflow(elements, element_bytes, &want) || raw.size() != want) {
-    return Invalid(absl::StrCat("input '", t.name(), "': raw_input_contents has ", raw.size(),
-                                " bytes; shape ", ShapeString(t.shape()), " of ", t.datatype(),
+    return Invalid(absl::StrCat("input '", Clip(t.name()), "': raw_input_contents has ", raw.size(),
+                                " bytes; shape ", ShapeString(t.shape()), " of ",
+                                Clip(t.datatype()),
                                 " needs ", elements, " x ", element_bytes, " = ", want));
   }
   return grpc::Status::OK;
 }
 
 grpc::Status CountMismatch(const Tensor& t, const char* field, int64_t got, uint64_t want) {
-  return Invalid(absl::StrCat("input '", t.name(), "': contents.", field, " has ", got,
+  return Invalid(absl::StrCat("input '", Clip(t.name()), "': contents.", field, " has ", got,
                               " values; shape ", ShapeString(t.shape()), " needs ", want));
 }
 
@@ -120,12 +129,13 @@ grpc::Status ParseOne(const std::string& tensor, const std::string& name, const 
       if (v == "none") out->weights = core::WeightsMode::kNone;
       else if (v == "per_head") out->weights = core::WeightsMode::kPerHead;
       else if (v == "mean") out->weights = core::WeightsMode::kMean;
-      else return Invalid(absl::StrCat(where, " is '", v, "'; expected none, per_head or mean"));
+      else return Invalid(absl::StrCat(where, " is '", Clip(v),
+                                        "'; expected none, per_head or mean"));
     } else {
       if (v == "none") out->pooling = core::Pooling::kNone;
       else if (v == "mean") out->pooling = core::Pooling::kMean;
       else if (v == "first") out->pooling = core::Pooling::kFirst;
-      else return Invalid(absl::StrCat(where, " is '", v, "'; expected none, mean or first"));
+      else return Invalid(absl::StrCat(where, " is '", Clip(v), "'; expected none, mean or first"));
     }
   }
   // Any other name is ignored, as Triton ignores parameters it does not use.
@@ -174,15 +184,18 @@ grpc::Status FindInputs(const ModelInferRequest& request, TensorData* input, Ten
   for (int i = 0; i < request.inputs_size(); ++i) {
     const Tensor& t = request.inputs(i);
     if (raw && t.has_contents() && t.contents().ByteSizeLong() > 0) {
-      return Invalid(absl::StrCat("input '", t.name(), "' has contents while the request uses ",
+      return Invalid(absl::StrCat("input '", Clip(t.name()),
+                                  "' has contents while the request uses ",
                                   "raw_input_contents; send every input one way or the other"));
     }
     TensorData* slot = t.name() == kInputName ? input : t.name() == kEdgesName ? edges : nullptr;
     if (slot == nullptr) {
-      return Invalid(absl::StrCat("unknown input '", t.name(), "'; expected '", kInputName,
+      return Invalid(absl::StrCat("unknown input '", Clip(t.name()), "'; expected '", kInputName,
                                   "' and optionally '", kEdgesName, "'"));
     }
-    if (slot->tensor != nullptr) return Invalid(absl::StrCat("input '", t.name(), "' given twice"));
+    if (slot->tensor != nullptr) {
+      return Invalid(absl::StrCat("input '", Clip(t.name()), "' given twice"));
+    }
     slot->tensor = &t;
     if (raw) slot->raw = &request.raw_input_contents(i);
   }
@@ -199,12 +212,12 @@ grpc::Status ReadInput(const TensorData& d, const core::ModelConfig& config, Inf
   const Tensor& t = *d.tensor;
   const std::string& type = t.datatype();
   if (type != "FP32" && type != "BF16" && type != "FP16") {
-    return Invalid(absl::StrCat("input '", t.name(), "': datatype '", type,
+    return Invalid(absl::StrCat("input '", Clip(t.name()), "': datatype '", Clip(type),
                                 "' is not supported; expected FP32, BF16 or FP16"));
   }
   const int rank = t.shape_size();
   if ((rank != 2 && rank != 3) || t.shape(rank - 1) != config.d_model) {
-    return Invalid(absl::StrCat("input '", t.name(), "': shape ", ShapeString(t.shape()),
+    return Invalid(absl::StrCat("input '", Clip(t.name()), "': shape ", ShapeString(t.shape()),
                                 "; expected [L, ", config.d_model, "] or [B, L, ", config.d_model,
                                 "] (d_model = ", config.d_model, ")"));
   }
@@ -213,7 +226,7 @@ grpc::Status ReadInput(const TensorData& d, const core::ModelConfig& config, Inf
   const int64_t batch = rank == 3 ? t.shape(0) : 1;
   const int64_t length = t.shape(rank - 2);
   if (batch > std::numeric_limits<uint32_t>::max() || length > std::numeric_limits<uint32_t>::max()) {
-    return Invalid(absl::StrCat("input '", t.name(), "': shape ", ShapeString(t.shape()),
+    return Invalid(absl::StrCat("input '", Clip(t.name()), "': shape ", ShapeString(t.shape()),
                                 " is too large (B and L must be < 2^32)"));
   }
   const float* data = nullptr;
@@ -235,7 +248,7 @@ grpc::Status ReadInput(const TensorData& d, const core::ModelConfig& config, Inf
     }
   } else {
     if (d.raw == nullptr) {
-      return Invalid(absl::StrCat("input '", t.name(), "': ", type,
+      return Invalid(absl::StrCat("input '", Clip(t.name()), "': ", type,
                                   " travels only in raw_input_contents (the protocol has no ",
                                   "16-bit contents field)"));
     }
@@ -268,11 +281,11 @@ grpc::Status ReadEdges(const TensorData& d, uint32_t length, std::vector<uint32_
   const Tensor& t = *d.tensor;
   const bool i32 = t.datatype() == "INT32";
   if (!i32 && t.datatype() != "INT64") {
-    return Invalid(absl::StrCat("input '", t.name(), "': datatype '", t.datatype(),
+    return Invalid(absl::StrCat("input '", Clip(t.name()), "': datatype '", Clip(t.datatype()),
                                 "' is not supported; expected INT32 or INT64"));
   }
   if (t.shape_size() != 2 || t.shape(1) != 2) {
-    return Invalid(absl::StrCat("input '", t.name(), "': shape ", ShapeString(t.shape()),
+    return Invalid(absl::StrCat("input '", Clip(t.name()), "': shape ", ShapeString(t.shape()),
                                 "; expected [E, 2] (one (query, key) pair per row)"));
   }
   uint64_t n = 0;
@@ -297,7 +310,7 @@ grpc::Status ReadEdges(const TensorData& d, uint32_t length, std::vector<uint32_
       v = i32 ? t.contents().int_contents(i) : t.contents().int64_contents(i);
     }
     if (v < 0 || v >= length) {
-      return Invalid(absl::StrCat("input '", t.name(), "': value ", v, " at row ", i / 2,
+      return Invalid(absl::StrCat("input '", Clip(t.name()), "': value ", v, " at row ", i / 2,
                                   " is out of range; positions must be in [0, L) = [0, ", length,
                                   ")"));
     }
@@ -319,7 +332,8 @@ grpc::Status ChooseOutputs(const ModelInferRequest& request, const Params& param
   for (const auto& o : request.outputs()) {
     const OutputKind kind = o.name() == kOutputName ? OutputKind::kOutput : OutputKind::kAttention;
     if (o.name() != kOutputName && o.name() != kAttentionName) {
-      return Invalid(absl::StrCat("unknown output '", o.name(), "'; this model has '", kOutputName,
+      return Invalid(absl::StrCat("unknown output '", Clip(o.name()), "'; this model has '",
+                                  kOutputName,
                                   "' and '", kAttentionName, "'"));
     }
     for (OutputKind k : *outputs) {
@@ -352,6 +366,12 @@ uint64_t OutputRows(const core::SequenceInput& s) {
 }
 
 }  // namespace
+
+std::string ClipForMessage(const std::string& text) {
+  constexpr size_t kShownBytes = 64;
+  if (text.size() <= kShownBytes) return std::string(text);
+  return absl::StrCat(text.substr(0, kShownBytes), "... (", text.size(), " bytes)");
+}
 
 float Bf16ToFloat(uint16_t bits) { return std::bit_cast<float>(uint32_t{bits} << 16); }
 
@@ -401,14 +421,8 @@ grpc::Status PlanInfer(const ModelInferRequest& request, const std::string& mode
     s.pooling = pooling;
     reply_floats += OutputRows(s) * config.d_model + AttentionFloats(config, weights, s.length);
   }
-  const uint64_t reply_bytes = 4 * reply_floats + 512 + request.id().size() + model_name.size();
-  if (reply_bytes > static_cast<uint64_t>(max_reply_bytes)) {
-    return grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        absl::StrCat("the reply would be about ", reply_bytes, " bytes, over the server's ",
-                     "max message size of ", max_reply_bytes,
-                     " bytes; ask for weights 'mean' or no attention, or send fewer rows"));
-  }
+  // Validated first, as attnserve.v1 does: a sequence the model cannot take
+  // is its own error (OUT_OF_RANGE for L > max_length), whatever its reply size.
   for (uint32_t b = 0; b < plan->batch; ++b) {
     if (absl::Status s = core::ValidateSequence(config, plan->sequences[b]); !s.ok()) {
       const std::string where =
@@ -417,6 +431,14 @@ grpc::Status PlanInfer(const ModelInferRequest& request, const std::string& mode
                           absl::StrCat(where, s.message()));
     }
     plan->sequences[b].values_checked = true;
+  }
+  const uint64_t reply_bytes = 4 * reply_floats + 512 + request.id().size() + model_name.size();
+  if (reply_bytes > static_cast<uint64_t>(max_reply_bytes)) {
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("the reply would be about ", reply_bytes, " bytes, over the server's ",
+                     "max message size of ", max_reply_bytes,
+                     " bytes; ask for weights 'mean' or no attention, or send fewer rows"));
   }
   return grpc::Status::OK;
 }

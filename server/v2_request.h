@@ -90,6 +90,12 @@ void FillModelMetadata(const std::string& name, const std::string& version,
 // The model's config as one JSON object (ModelMetadata's trailing metadata).
 std::string ConfigJson(const core::ModelConfig& config);
 
+// `text` (a name, datatype or value the client sent) as an error message
+// quotes it: whole up to 64 bytes, else its first 64 bytes and its length,
+// so a message never grows with the request (a grpc-message over the
+// client's metadata limit would replace the status code).
+std::string ClipForMessage(const std::string& text);
+
 // Float conversions of the 16-bit wire types (exact; NaN and infinities kept,
 // so validation rejects them as for FP32).
 float Bf16ToFloat(uint16_t bits);

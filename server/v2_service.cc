@@ -176,9 +176,11 @@ grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
     return Done(context, "ModelMetadata",
                 grpc::Status(grpc::StatusCode::NOT_FOUND,
                              model == nullptr
-                                 ? absl::StrCat("model '", request->name(), "' is not served here")
+                                 ? absl::StrCat("model '", v2::ClipForMessage(request->name()),
+                                                "' is not served here")
                                  : absl::StrCat("model '", request->name(), "' has no version '",
-                                                request->version(), "'; versions: ",
+                                                v2::ClipForMessage(request->version()),
+                                                "'; versions: ",
                                                 kModelVersion)));
   }
   v2::FillModelMetadata(model->name(), kModelVersion, model->config(), response);
@@ -209,23 +211,39 @@ void InferenceService::Infer(const grpc::ByteBuffer& bytes, int64_t deadline_us,
     std::vector<std::string> names;
     const auto models = registry_->models();  // a snapshot, held for the loop
     for (const auto& m : *models) names.push_back(m->name());
-    return Answer(*work, grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                      absl::StrCat("model '", request.model_name(),
-                                                   "' is not served here; served models: ",
-                                                   absl::StrJoin(names, ", "))));
+    return Answer(*work,
+                  grpc::Status(grpc::StatusCode::NOT_FOUND,
+                               absl::StrCat("model '", v2::ClipForMessage(request.model_name()),
+                                            "' is not served here; served models: ",
+                                            absl::StrJoin(names, ", "))));
   }
   work->model = model->name();
   if (!KnownVersion(request.model_version())) {
     return Answer(*work, grpc::Status(grpc::StatusCode::NOT_FOUND,
                                       absl::StrCat("model '", model->name(), "' has no version '",
-                                                   request.model_version(),
+                                                   v2::ClipForMessage(request.model_version()),
                                                    "'; versions: ", kModelVersion)));
   }
-  if (draining_.load()) {
+  // Accepted or refused under mu_: an accepted call submits all its
+  // sequences before StartDraining returns and the batchers stop taking any.
+  bool refused = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    refused = draining_.load();
+    if (!refused) ++submitting_;
+  }
+  if (refused) {
     last_refusal_us_.store(clock_->NowMicros());
     return Answer(*work, grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                       "server is draining for shutdown; retry on another replica"));
   }
+  struct Submitting {
+    InferenceService* service;
+    ~Submitting() {
+      std::lock_guard<std::mutex> lock(service->mu_);
+      if (--service->submitting_ == 0) service->idle_cv_.notify_all();
+    }
+  } submitting{this};
   work->response.set_model_name(model->name());
   work->response.set_model_version(kModelVersion);
   if (grpc::Status s = v2::PlanInfer(request, model->name(), model->config(),
@@ -340,7 +358,7 @@ void InferenceService::Answer(InferWork& work, grpc::Status status) {
       status = grpc::Status(grpc::StatusCode::INTERNAL, "building the reply failed");
     }
   }
-  const std::string id = work.request.id();
+  const std::string id = v2::ClipForMessage(work.request.id());  // logged: bounded
   // Free the request and reply now, not when the last batch holding a
   // sequence of this call is done.
   work.request = inference::ModelInferRequest();
@@ -386,7 +404,11 @@ void InferenceService::EndRequest() {
   if (--inflight_ == 0) idle_cv_.notify_all();
 }
 
-void InferenceService::StartDraining() { draining_.store(true); }
+void InferenceService::StartDraining() {
+  std::unique_lock<std::mutex> lock(mu_);
+  draining_.store(true);
+  idle_cv_.wait(lock, [this] { return submitting_ == 0; });
+}
 
 int64_t InferenceService::last_refusal_us() const { return last_refusal_us_.load(); }
 

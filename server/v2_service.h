@@ -96,7 +96,9 @@ class InferenceService final : public v2_internal::Base {
                                        grpc::ByteBuffer* response) override;
 
   // From now on new calls get UNAVAILABLE and readiness is false; accepted
-  // calls go on.
+  // calls go on. Returns once every accepted call has submitted all its
+  // sequences (never long: Submit does not block), so stopping the batchers
+  // after it cannot refuse part of an accepted [B, L, d] call.
   void StartDraining();
   // Clock time of the last call refused because of draining (0: none).
   int64_t last_refusal_us() const;
@@ -145,9 +147,11 @@ class InferenceService final : public v2_internal::Base {
   RateLimiter failure_log_limiter_{kFailureLogsPerSecond};
 
   std::mutex mu_;
-  std::condition_variable idle_cv_;            // inflight_ or unsent_ reached 0
+  std::condition_variable idle_cv_;  // inflight_, unsent_ or submitting_ reached 0
   int64_t inflight_ ABSL_GUARDED_BY(mu_) = 0;  // accepted ModelInfer calls, not yet answered
   int64_t unsent_ ABSL_GUARDED_BY(mu_) = 0;    // answered, reply not yet delivered
+  // Accepted calls still submitting their sequences to the batcher.
+  int64_t submitting_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace attnserve::server

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/tensor_io.h"
+#include "client/v2_client.h"
 #include "tests/e2e_util.h"
 #include "tests/test_util.h"
 #include "tests/v2_util.h"
@@ -164,6 +165,64 @@ TEST_F(AttnctlV2Test, BenchReportsExactlyTheCallsItMade) {
   EXPECT_EQ(CounterValue(server_->metrics(), "attnserve_v2_requests_total",
                          {{"method", "ModelInfer"}, {"code", "OK"}}) - before,
             80);
+}
+
+// --output-npy names files after the reply's outputs and sizes them by their
+// shapes: a reply from a hostile or broken server (a name with a path in it,
+// a shape that disagrees with the bytes, a non-FP32 output) is refused and
+// nothing is written outside the prefix.
+TEST(AttnctlV2NpyTest, RefusesOutputsThatAreNoSafeFileOrDisagreeWithTheirShape) {
+  const std::string dir = ::testing::TempDir() + "/v2_npy_" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir + "/out/sub");
+  const std::string prefix = dir + "/out/sub/";  // --output-npy DIR/ names files by output
+  const std::string floats(4 * 6, '\0');
+  struct Case {
+    const char* name;
+    std::string tensor;
+    std::string datatype;
+    std::vector<int64_t> shape;
+    std::string raw;
+  };
+  const std::vector<Case> cases = {
+      {"path in the name", "../../escaped", "FP32", {2, 3}, floats},
+      {"parent in the name", "../escaped", "FP32", {2, 3}, floats},
+      {"dot name", "..", "FP32", {2, 3}, floats},
+      {"empty name", "", "FP32", {2, 3}, floats},
+      {"shape over the bytes", "output", "FP32", {4, 3}, floats},
+      {"shape under the bytes", "output", "FP32", {1, 3}, floats},
+      {"negative dimension", "output", "FP32", {-2, -3}, floats},
+      {"not FP32", "output", "FP64", {1, 3}, floats},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    inference::ModelInferResponse reply;
+    auto* t = reply.add_outputs();
+    t->set_name(c.tensor);
+    t->set_datatype(c.datatype);
+    for (int64_t d : c.shape) t->add_shape(d);
+    reply.add_raw_output_contents(c.raw);
+    std::vector<std::string> paths;
+    const absl::Status s = client::WriteModelInferNpy(reply, prefix, &paths);
+    EXPECT_FALSE(s.ok());
+    EXPECT_TRUE(paths.empty());
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir + "/escaped.npy"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/out/escaped.npy"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/out/sub/.npy"));
+  // A well-formed reply is written.
+  inference::ModelInferResponse reply;
+  auto* t = reply.add_outputs();
+  t->set_name("output");
+  t->set_datatype("FP32");
+  t->add_shape(2);
+  t->add_shape(3);
+  reply.add_raw_output_contents(floats);
+  std::vector<std::string> paths;
+  ASSERT_TRUE(client::WriteModelInferNpy(reply, prefix, &paths).ok());
+  EXPECT_THAT(paths, ElementsAre(prefix + "output.npy"));
+  EXPECT_TRUE(std::filesystem::exists(prefix + "output.npy"));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

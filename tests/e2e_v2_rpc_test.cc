@@ -307,6 +307,83 @@ TEST(E2eV2RpcTest, EveryErrorHasItsCodeAndNamesTheTensorOrParameter) {
   EXPECT_TRUE(CallInfer(*stub, good, &reply).ok());
 }
 
+// Error messages quote what the client sent, but never unbounded: a shape of
+// a million dimensions, a megabyte-long tensor name or parameter value must
+// come back as INVALID_ARGUMENT with a short message (a grpc-message trailer
+// over the client's 8 KiB metadata limit would replace the code), and the
+// server keeps serving.
+TEST(E2eV2RpcTest, ErrorMessagesQuoteClientInputBounded) {
+  server::ServerOptions options = LoopbackOptions(GoldenRepository());
+  auto server = StartLoopbackServer(options);
+  ASSERT_NE(server, nullptr);
+  auto stub = GRPCInferenceService::NewStub(LoopbackChannel(server->port()));
+  std::mt19937 rng(11);
+  const ModelInferRequest good =
+      MakeInfer("mha_plain", {4, 32}, RandomVector(rng, 4 * 32, 1.0f), "FP32", true);
+  const std::string long_text(1 << 20, 'x');
+  struct Case {
+    const char* name;
+    std::function<void(ModelInferRequest*)> spoil;
+    const char* part;
+  };
+  const std::vector<Case> cases = {
+      {"many dims",
+       [](ModelInferRequest* r) {
+         auto* shape = r->mutable_inputs(0)->mutable_shape();
+         shape->Clear();
+         for (int i = 0; i < (1 << 20); ++i) shape->Add(1);
+       },
+       "input 'input'"},
+      {"many dims, edges",
+       [](ModelInferRequest* r) {
+         v2::AddEdges({0, 1}, "INT64", r);
+         auto* shape = r->mutable_inputs(1)->mutable_shape();
+         for (int i = 0; i < (1 << 20); ++i) shape->Add(2);
+       },
+       "input 'edges'"},
+      {"long input name", [&](ModelInferRequest* r) { r->mutable_inputs(0)->set_name(long_text); },
+       "unknown input"},
+      {"long output name", [&](ModelInferRequest* r) { r->add_outputs()->set_name(long_text); },
+       "unknown output"},
+      {"long datatype",
+       [&](ModelInferRequest* r) { r->mutable_inputs(0)->set_datatype(long_text); }, "datatype"},
+      {"long weights value",
+       [&](ModelInferRequest* r) {
+         (*r->mutable_parameters())["weights"].set_string_param(long_text);
+       },
+       "parameter 'weights'"},
+  };
+  ModelInferResponse reply;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    ModelInferRequest bad = good;
+    c.spoil(&bad);
+    const grpc::Status s = CallInfer(*stub, bad, &reply);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << s.error_message().substr(0, 200);
+    EXPECT_THAT(s.error_message(), HasSubstr(c.part));
+    EXPECT_LT(s.error_message().size(), 1024u);
+  }
+  // Unknown model and version (NOT_FOUND), ModelInfer and ModelMetadata.
+  ModelInferRequest bad = good;
+  bad.set_model_name(long_text);
+  grpc::Status s = CallInfer(*stub, bad, &reply);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << s.error_message().substr(0, 200);
+  EXPECT_LT(s.error_message().size(), 1024u);
+  bad = good;
+  bad.set_model_version(long_text);
+  s = CallInfer(*stub, bad, &reply);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << s.error_message().substr(0, 200);
+  EXPECT_LT(s.error_message().size(), 1024u);
+  inference::ModelMetadataRequest mq;
+  mq.set_name(long_text);
+  inference::ModelMetadataResponse mm;
+  s = Call(*stub, &GRPCInferenceService::Stub::ModelMetadata, mq, &mm);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << s.error_message().substr(0, 200);
+  EXPECT_LT(s.error_message().size(), 1024u);
+  EXPECT_TRUE(CallInfer(*stub, good, &reply).ok());
+}
+
 TEST(E2eV2RpcTest, ReplyOverTheMessageLimitIsResourceExhausted) {
   server::ServerOptions options = LoopbackOptions(GoldenRepository());
   options.max_message_bytes = 64 * 1024;
@@ -320,6 +397,13 @@ TEST(E2eV2RpcTest, ReplyOverTheMessageLimitIsResourceExhausted) {
   const grpc::Status s = CallInfer(*stub, r, &reply);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("max message size"));
+  // A sequence the model cannot take is OUT_OF_RANGE, as in attnserve.v1,
+  // even when its reply would also be too large.
+  r = MakeInfer("mha_sinusoidal_sep", {65, 64}, RandomVector(rng, 65 * 64, 1.0f), "FP32", true,
+                {{"weights", std::string("per_head")}});
+  const grpc::Status too_long = CallInfer(*stub, r, &reply);
+  EXPECT_EQ(too_long.error_code(), grpc::StatusCode::OUT_OF_RANGE) << too_long.error_message();
+  EXPECT_THAT(too_long.error_message(), HasSubstr("max_length 64"));
 }
 
 TEST(E2eV2RpcTest, BatchedCallFailsWholeWhenTheQueueOverflowsAndComputesNothing) {
@@ -382,6 +466,94 @@ TEST(E2eV2RpcTest, DrainingRefusesNewCallsAndAnswersTheAcceptedOne) {
   const v2::V1Pair p =
       v2::SequenceAsV1(values, 0, 5, 32, {}, v1::WEIGHTS_NONE, v1::POOLING_NONE, held_reply);
   EXPECT_TRUE(oracle.Matches("mha_plain", p.request, p.reply));
+}
+
+// A batched call whose deadline passes while its first sequence computes and
+// the other two wait in the queue: the two are dropped, never computed; the
+// call is answered once (counted DEADLINE_EXCEEDED or CANCELLED) when the
+// computing one returns, after the client is gone; nothing stays in flight.
+TEST(E2eV2RpcTest, BatchedCallGoneWhileQueuedDropsItsSiblings) {
+  auto state = std::make_shared<EngineHookState>();
+  Gate release;
+  std::atomic<bool> in_engine{false};
+  state->before_run = [&](const std::string&, std::span<const core::SequenceInput>) {
+    in_engine = true;
+    release.Wait(std::chrono::seconds(30));
+    return absl::OkStatus();
+  };
+  server::ServerOptions options = LoopbackOptions(GoldenRepository());
+  options.engine_factory = HookedEngineFactory(state);
+  options.batching.max_batch_size = 1;  // one sequence per batch
+  auto server = StartLoopbackServer(options);
+  ASSERT_NE(server, nullptr);
+  auto stub = GRPCInferenceService::NewStub(LoopbackChannel(server->port()));
+  std::mt19937 rng(12);
+  const ModelInferRequest batched =
+      MakeInfer("mha_plain", {3, 4, 32}, RandomVector(rng, 3 * 4 * 32, 1.0f), "FP32", true);
+  ModelInferResponse reply;
+  const grpc::Status gone = CallInfer(*stub, batched, &reply, /*deadline_ms=*/1500);
+  EXPECT_EQ(gone.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << gone.error_message();
+  ASSERT_TRUE(in_engine.load());
+  release.Open();
+  auto failed = [&] {
+    return CounterValue(server->metrics(), "attnserve_requests_total",
+                        {{"model", "mha_plain"}, {"code", "DEADLINE_EXCEEDED"}}) +
+           CounterValue(server->metrics(), "attnserve_requests_total",
+                        {{"model", "mha_plain"}, {"code", "CANCELLED"}});
+  };
+  ASSERT_TRUE(WaitFor([&] { return failed() == 1; }, std::chrono::seconds(10)));
+  EXPECT_EQ(state->runs.load(), 1);  // the two queued siblings were never computed
+  // Still serving; then a drain finds nothing unanswered.
+  const ModelInferRequest good =
+      MakeInfer("mha_plain", {2, 4, 32}, RandomVector(rng, 2 * 4 * 32, 1.0f), "FP32", true);
+  const grpc::Status ok = CallInfer(*stub, good, &reply);
+  EXPECT_TRUE(ok.ok()) << ok.error_message();
+  EXPECT_EQ(state->runs.load(), 3);
+  EXPECT_TRUE(server->Drain());
+  EXPECT_EQ(failed(), 1);
+}
+
+// Draining while a batched call is partly computed: its other sequences are
+// still computed and the call is answered whole, then the drain completes.
+TEST(E2eV2RpcTest, DrainFinishesAPartlyComputedBatchedCall) {
+  auto state = std::make_shared<EngineHookState>();
+  Gate release;
+  state->before_run = [&](const std::string&, std::span<const core::SequenceInput>) {
+    release.Wait(std::chrono::seconds(30));
+    return absl::OkStatus();
+  };
+  server::ServerOptions options = LoopbackOptions(GoldenRepository());
+  options.engine_factory = HookedEngineFactory(state);
+  options.batching.max_batch_size = 1;
+  options.drain_timeout_ms = 30000;
+  auto server = StartLoopbackServer(options);
+  ASSERT_NE(server, nullptr);
+  const ReferenceOracle oracle(GoldenRepository());
+  auto stub = GRPCInferenceService::NewStub(LoopbackChannel(server->port()));
+  std::mt19937 rng(13);
+  // Many sequences: the drain starts while the call may still be submitting
+  // them; every one must still be taken and computed.
+  constexpr uint32_t kB = 200;
+  const std::vector<float> values = RandomVector(rng, kB * 4 * 32, 1.0f);
+  const ModelInferRequest batched = MakeInfer("mha_plain", {kB, 4, 32}, values, "FP32", true);
+  ModelInferResponse reply;
+  grpc::Status status;
+  std::thread client([&] { status = CallInfer(*stub, batched, &reply); });
+  ASSERT_TRUE(WaitFor([&] { return state->runs.load() == 1; }, std::chrono::seconds(10)));
+  bool drained = false;
+  std::thread drainer([&] { drained = server->Drain(); });
+  EXPECT_TRUE(WaitFor([&] { return !ServerReady(*stub); }, std::chrono::seconds(5)));
+  release.Open();
+  client.join();
+  drainer.join();
+  EXPECT_TRUE(drained);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(state->runs.load(), static_cast<int>(kB));
+  for (uint32_t b : {0u, 1u, kB / 2, kB - 1}) {
+    const v2::V1Pair p =
+        v2::SequenceAsV1(values, b, 4, 32, {}, v1::WEIGHTS_NONE, v1::POOLING_NONE, reply);
+    EXPECT_TRUE(oracle.Matches("mha_plain", p.request, p.reply)) << "sequence " << b;
+  }
 }
 
 TEST(E2eV2RpcTest, TokensGuardV2CallsButServerLiveAndReady) {
