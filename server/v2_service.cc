@@ -39,8 +39,10 @@ grpc::Status ParseInferRequest(const grpc::ByteBuffer& bytes,
   return grpc::Status::OK;
 }
 
-bool KnownVersion(const std::string& version) {
-  return version.empty() || version == InferenceService::kModelVersion;
+// A model's one version is its content version (ServedModel::version, as in
+// attnserve.v1's ModelInfo.version); "" means the one being served.
+bool KnownVersion(const std::string& version, const ServedModel& model) {
+  return version.empty() || version == model.version();
 }
 
 void SetStat(inference::ModelInferResponse* response, const char* name, uint64_t value) {
@@ -156,7 +158,8 @@ grpc::ServerUnaryReactor* InferenceService::ModelReady(grpc::CallbackServerConte
                                                        const inference::ModelReadyRequest* request,
                                                        inference::ModelReadyResponse* response) {
   auto model = registry_->Find(request->name());
-  response->set_ready(model != nullptr && KnownVersion(request->version()) && !draining_.load());
+  response->set_ready(model != nullptr && KnownVersion(request->version(), *model) &&
+                      !draining_.load());
   return Done(context, "ModelReady", grpc::Status::OK);
 }
 
@@ -172,7 +175,7 @@ grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
     grpc::CallbackServerContext* context, const inference::ModelMetadataRequest* request,
     inference::ModelMetadataResponse* response) {
   auto model = registry_->Find(request->name());
-  if (model == nullptr || !KnownVersion(request->version())) {
+  if (model == nullptr || !KnownVersion(request->version(), *model)) {
     return Done(context, "ModelMetadata",
                 grpc::Status(grpc::StatusCode::NOT_FOUND,
                              model == nullptr
@@ -181,9 +184,9 @@ grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
                                  : absl::StrCat("model '", request->name(), "' has no version '",
                                                 v2::ClipForMessage(request->version()),
                                                 "'; versions: ",
-                                                kModelVersion)));
+                                                model->version())));
   }
-  v2::FillModelMetadata(model->name(), kModelVersion, model->config(), response);
+  v2::FillModelMetadata(model->name(), model->version(), model->config(), response);
   context->AddTrailingMetadata(kConfigMetadataKey, v2::ConfigJson(model->config()));
   return Done(context, "ModelMetadata", grpc::Status::OK);
 }
@@ -218,11 +221,11 @@ void InferenceService::Infer(const grpc::ByteBuffer& bytes, int64_t deadline_us,
                                             absl::StrJoin(names, ", "))));
   }
   work->model = model->name();
-  if (!KnownVersion(request.model_version())) {
+  if (!KnownVersion(request.model_version(), *model)) {
     return Answer(*work, grpc::Status(grpc::StatusCode::NOT_FOUND,
                                       absl::StrCat("model '", model->name(), "' has no version '",
                                                    v2::ClipForMessage(request.model_version()),
-                                                   "'; versions: ", kModelVersion)));
+                                                   "'; versions: ", model->version())));
   }
   // Accepted or refused under mu_: an accepted call submits all its
   // sequences before StartDraining returns and the batchers stop taking any.
@@ -245,7 +248,7 @@ void InferenceService::Infer(const grpc::ByteBuffer& bytes, int64_t deadline_us,
     }
   } submitting{this};
   work->response.set_model_name(model->name());
-  work->response.set_model_version(kModelVersion);
+  work->response.set_model_version(model->version());
   if (grpc::Status s = v2::PlanInfer(request, model->name(), model->config(),
                                      options_.max_message_bytes, &work->plan);
       !s.ok()) {

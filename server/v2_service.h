@@ -67,10 +67,6 @@ using Base = inference::GRPCInferenceService::WithRawCallbackMethod_ModelInfer<
 
 class InferenceService final : public v2_internal::Base {
  public:
-  // The one version every model has until models carry versions: "1". An
-  // empty requested version means it too.
-  static constexpr char kModelVersion[] = "1";
-
   // `registry`, `metrics` and `clock` must outlive the service.
   InferenceService(ModelRegistry* registry, Metrics* metrics, Clock* clock,
                    const InferenceServiceOptions& options);

@@ -63,7 +63,8 @@ class E2eV2InferTest : public ::testing::Test {
     ASSERT_TRUE(status.ok()) << status.error_code() << " " << status.error_message();
     EXPECT_EQ(reply.id(), request.id());
     EXPECT_EQ(reply.model_name(), model);
-    EXPECT_EQ(reply.model_version(), "1");
+    // The served version: the model's content version, as attnserve.v1's ModelInfo.version.
+    EXPECT_EQ(reply.model_version(), server_->registry().Find(model)->version());
     ASSERT_EQ(reply.raw_output_contents_size(), reply.outputs_size());
     const int out = v2::OutputIndex(reply, "output");
     ASSERT_GE(out, 0);

@@ -80,9 +80,12 @@ TEST(E2eV2RpcTest, EveryRpcAndReflection) {
                    &live).ok());
   EXPECT_TRUE(live.live());
   EXPECT_TRUE(ServerReady(*stub));
+  // A model's one version is its content version (attnserve.v1 ModelInfo.version).
+  const std::string plain_version = server->registry().Find("mha_plain")->version();
+  ASSERT_EQ(plain_version.size(), 12u);
   EXPECT_TRUE(ModelReady(*stub, "mha_plain"));
-  EXPECT_TRUE(ModelReady(*stub, "mha_plain", "1"));
-  EXPECT_FALSE(ModelReady(*stub, "mha_plain", "2"));
+  EXPECT_TRUE(ModelReady(*stub, "mha_plain", plain_version));
+  EXPECT_FALSE(ModelReady(*stub, "mha_plain", "1"));
   EXPECT_FALSE(ModelReady(*stub, "no_such_model"));
 
   inference::ServerMetadataResponse meta;
@@ -99,7 +102,8 @@ TEST(E2eV2RpcTest, EveryRpcAndReflection) {
       Call(*stub, &GRPCInferenceService::Stub::ModelMetadata, mq, &mm, "", &trailers).ok());
   EXPECT_EQ(mm.name(), "mha_sinusoidal_sep");
   EXPECT_EQ(mm.platform(), "attnserve");
-  EXPECT_THAT(mm.versions(), ElementsAre("1"));
+  EXPECT_THAT(mm.versions(),
+              ElementsAre(server->registry().Find("mha_sinusoidal_sep")->version()));
   ASSERT_EQ(mm.inputs_size(), 2);
   EXPECT_EQ(mm.inputs(0).name(), "input");
   EXPECT_EQ(mm.inputs(0).datatype(), "FP32");
