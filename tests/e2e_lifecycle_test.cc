@@ -22,6 +22,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "attnserve/v1/model_repository.grpc.pb.h"
+#include "inference/v2/open_inference.grpc.pb.h"
 #include "tests/e2e_util.h"
 #include "tests/fake_engines.h"
 #include "tests/tls_util.h"
@@ -107,6 +108,20 @@ class LifecycleTest : public ::testing::Test {
     return out;
   }
 
+  // KServe v2 ModelReady for `name` at `version` ("" = the one served);
+  // -1 when the call itself failed.
+  int V2Ready(const std::string& name, const std::string& version = "") {
+    auto stub = inference::GRPCInferenceService::NewStub(channel_);
+    grpc::ClientContext context;
+    context.set_deadline(DeadlineIn(5000));
+    inference::ModelReadyRequest request;
+    request.set_name(name);
+    request.set_version(version);
+    inference::ModelReadyResponse response;
+    if (!stub->ModelReady(&context, request, &response).ok()) return -1;
+    return response.ready() ? 1 : 0;
+  }
+
   int Health(const std::string& name) {
     int status = -1;
     const grpc::Status s = HealthCheck(channel_, name, &status);
@@ -153,6 +168,7 @@ TEST_F(LifecycleTest, PollThreadAddsUpdatesAndRemovesModels) {
   // Health turns SERVING as the model is published (a moment after ListModels).
   ASSERT_TRUE(WaitFor([&] { return Health("mha_sinusoidal_sep") == 1; }, kWait));
   EXPECT_EQ(Listed().count("mha_sinusoidal_sep"), 1u);
+  EXPECT_EQ(V2Ready("mha_sinusoidal_sep"), 1);
   {
     const ReferenceOracle oracle(repo().string());
     std::mt19937 rng(5);
@@ -176,6 +192,9 @@ TEST_F(LifecycleTest, PollThreadAddsUpdatesAndRemovesModels) {
   EXPECT_EQ(ModelInfoSeries(server->metrics(), "mha_plain", &version), 1);
   EXPECT_EQ(version, second);
   EXPECT_EQ(Health("mha_plain"), 1);
+  // v2 follows: the new version is ready, the swapped-out one is not.
+  EXPECT_EQ(V2Ready("mha_plain", second), 1);
+  EXPECT_EQ(V2Ready("mha_plain", first), 0);
 
   // Remove: gone from ListModels and model_info; requests NOT_FOUND.
   fs::rename(repo() / "mha_sinusoidal_sep", root_ / "spare" / "mha_sinusoidal_sep");
@@ -189,6 +208,7 @@ TEST_F(LifecycleTest, PollThreadAddsUpdatesAndRemovesModels) {
             grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(ModelInfoSeries(server->metrics(), "mha_sinusoidal_sep", &version), 0);
   EXPECT_EQ(Health("mha_sinusoidal_sep"), 2);  // NOT_SERVING: gRPC's service keeps names
+  EXPECT_EQ(V2Ready("mha_sinusoidal_sep"), 0);
   EXPECT_TRUE(server->Drain());
 }
 
