@@ -57,14 +57,8 @@ ServerBinary StartServer(const std::vector<std::string>& flags) {
     return server;
   }
   server.child = *std::move(child);
-  const std::string needle = "serving gRPC on 127.0.0.1:";
-  const auto line = server.child->WaitForLine(needle, std::chrono::seconds(60));
-  if (!line.has_value()) {
-    ADD_FAILURE() << "no startup line; output:\n" << server.child->output();
-    return server;
-  }
-  server.port = std::atoi(line->c_str() + line->find(needle) + needle.size());
-  EXPECT_GT(server.port, 0) << *line;
+  server.port = WaitForServingPort(*server.child, std::chrono::seconds(60));
+  if (server.port == 0) ADD_FAILURE() << "no startup line; output:\n" << server.child->output();
   return server;
 }
 
@@ -147,7 +141,8 @@ TEST_F(ClientTlsTest, TlsServesClientsThatTrustItsCaOnly) {
   // The certificate's DNS name, and --tls-server-name when the target's
   // host is not a name the certificate carries.
   const std::string localhost = absl::StrCat("localhost:", server.port);
-  EXPECT_EQ(Attnctl({"models", "--target", localhost, "--tls-ca", Cert("ca.pem")}).exit_code, 0);
+  const RunResult by_name = Attnctl({"models", "--target", localhost, "--tls-ca", Cert("ca.pem")});
+  EXPECT_EQ(by_name.exit_code, 0) << by_name.output;
   EXPECT_EQ(Attnctl({"--tls-server-name", "localhost", "--target", target, "--tls-ca",
                      Cert("ca.pem"), "models"}).exit_code, 0);
   // Plaintext, the system roots, another CA, a name the certificate lacks.

@@ -122,10 +122,8 @@ TEST(E2eDrainDeadlineTest, BinaryExitsOneAtTheDeadlineWhileABatchIsStillComputin
                                     "--drain-timeout-ms", "200"});
   ASSERT_TRUE(child.ok()) << child.status();
   ChildProcess& server = **child;
-  const std::string needle = "serving gRPC on 127.0.0.1:";
-  const std::optional<std::string> line = server.WaitForLine(needle, std::chrono::seconds(30));
-  ASSERT_TRUE(line.has_value()) << server.output();
-  const int port = std::atoi(line->c_str() + line->find(needle) + needle.size());
+  const int port = WaitForServingPort(server);
+  ASSERT_GT(port, 0) << server.output();
 
   auto stub = v1::Attention::NewStub(LoopbackChannel(port));
   std::mt19937 rng(9);

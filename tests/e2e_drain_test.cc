@@ -165,11 +165,8 @@ TEST(E2eBinaryTest, SigtermDuringLoadAnswersEveryAcceptedRequestAndExitsZero) {
       {"ATTNSERVE_MAX_BATCH_SIZE=0", "ATTNSERVE_MAX_BATCH_TOKENS=4096"});
   ASSERT_TRUE(child.ok()) << child.status();
   ChildProcess& server = **child;
-  const std::string needle = "serving gRPC on 127.0.0.1:";
-  const std::optional<std::string> line = server.WaitForLine(needle, std::chrono::seconds(30));
-  ASSERT_TRUE(line.has_value()) << "no startup line; output:\n" << server.output();
-  const int port = std::atoi(line->c_str() + line->find(needle) + needle.size());
-  ASSERT_GT(port, 0) << *line;
+  const int port = WaitForServingPort(server);
+  ASSERT_GT(port, 0) << "no startup line; output:\n" << server.output();
   EXPECT_THAT(server.output(), HasSubstr("max_batch_size=64 max_batch_tokens=4096 "
                                          "max_queue_delay_us=20000"));
 

@@ -378,10 +378,8 @@ TEST_F(SecurityTest, BinaryUnderMtlsAndTokensLogsTheModeNotSecretsAndDrainsToExi
        pki_.Path("tokens"), "--health-port", std::to_string(health_port)}));
   ASSERT_TRUE(child.ok()) << child.status();
   ChildProcess& server = **child;
-  const std::string needle = "serving gRPC on 127.0.0.1:";
-  const auto line = server.WaitForLine(needle, std::chrono::seconds(30));
-  ASSERT_TRUE(line.has_value()) << server.output();
-  const int port = std::atoi(line->c_str() + line->find(needle) + needle.size());
+  const int port = WaitForServingPort(server);
+  ASSERT_GT(port, 0) << server.output();
   EXPECT_THAT(server.output(), HasSubstr("security: mTLS (client certificates required"));
   EXPECT_THAT(server.output(), HasSubstr("bearer tokens on"));
   EXPECT_THAT(server.output(), HasSubstr("serial 1001"));

@@ -444,6 +444,13 @@ std::string ChildProcess::WaitOutputEnd(std::chrono::milliseconds timeout) {
   return output_;
 }
 
+int WaitForServingPort(ChildProcess& server, std::chrono::milliseconds timeout) {
+  const std::string needle = "serving gRPC on 127.0.0.1:";
+  const std::optional<std::string> line = server.WaitForLine(needle, timeout);
+  if (!line.has_value()) return 0;
+  return std::atoi(line->c_str() + line->find(needle) + needle.size());
+}
+
 RunResult RunToExit(const std::vector<std::string>& argv, const std::vector<std::string>& env,
                     std::chrono::milliseconds timeout) {
   RunResult result;

@@ -167,6 +167,12 @@ class ChildProcess {
   std::optional<int> exit_status_;  // guarded by mu_
 };
 
+// The gRPC port the attnserve binary `server` announced on its startup line
+// ("serving gRPC on 127.0.0.1:PORT"), waiting at most `timeout`; 0 when it
+// did not announce one in that time.
+int WaitForServingPort(ChildProcess& server,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
 // Runs argv to completion (at most `timeout`, then SIGKILL and a failure);
 // returns its exit code (-1 when it did not exit normally) and its output.
 struct RunResult {
