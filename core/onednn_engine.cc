@@ -208,6 +208,13 @@ absl::Status OneDnnEngine::Impl::CreatePrimitives(bool bf16) {
 absl::Status OneDnnEngine::Impl::Init(const OneDnnEngineOptions& options) {
   const ModelConfig& c = model->config;
   num_threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
+  // OMP_THREAD_LIMIT caps every OpenMP team, but not what oneDNN plans for:
+  // asked for more threads than may run, its primitives split the work for
+  // all of them, fewer run, and part of every output is never computed. So
+  // never ask for more than the limit.
+  const int thread_limit = omp_get_thread_limit();
+  const bool capped = num_threads > thread_limit;
+  if (capped) num_threads = thread_limit;
   profiling = options.profile;
   prefault_bytes = options.prefault_bytes;
   profile.threads = num_threads;
@@ -237,6 +244,9 @@ absl::Status OneDnnEngine::Impl::Init(const OneDnnEngineOptions& options) {
   }
   if (!done) {
     if (absl::Status st = CreatePrimitives(/*bf16=*/false); !st.ok()) return st;
+  }
+  if (capped) {
+    absl::StrAppend(&compute_path, "; ", num_threads, " thread(s), capped by OMP_THREAD_LIMIT");
   }
   if (c.positional == Positional::kSinusoidal) {
     positions = SinusoidalTable(c.max_length, c.d_model);

@@ -161,5 +161,32 @@ TEST(E2eEngineTest, SeveralModelsAtOnceAreCorrectAndNeverComputeTwoBatchesAtATim
   EXPECT_EQ(state->max_running.load(), 1) << "two engine batches computed at once";
 }
 
+// OMP_THREAD_LIMIT below --threads: the engine runs with the limit, and
+// says so, instead of letting oneDNN plan for --threads while fewer run
+// (which left part of every output uncomputed: wrong replies, no error).
+TEST(E2eEngineTest, ThreadLimitBelowThreadsIsObeyedAndEveryReplyIsRight) {
+  auto child = ChildProcess::Start({ATTNSERVE_BINARY, "--host", "127.0.0.1", "--port", "0",
+                                    "--metrics-port", "0", "--model-repository",
+                                    GoldenRepository(), "--threads", "2"},
+                                   {"OMP_THREAD_LIMIT=1"});
+  ASSERT_TRUE(child.ok()) << child.status();
+  ChildProcess& server = **child;
+  const int port = WaitForServingPort(server);
+  ASSERT_GT(port, 0) << server.output();
+  EXPECT_THAT(server.output(), HasSubstr("1 thread(s), capped by OMP_THREAD_LIMIT"));
+  const ReferenceOracle oracle(GoldenRepository());
+  auto stub = v1::Attention::NewStub(LoopbackChannel(port));
+  std::mt19937 rng(31);
+  int bad = 0;
+  for (int k = 0; k < 12; ++k) {
+    const v1::AttendRequest request = RandomMixedRequest(rng, k, "mha_plain", 32, 96);
+    v1::AttendResponse reply;
+    const grpc::Status status = CallAttend(*stub, request, &reply);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    if (!status.ok() || !oracle.Matches("mha_plain", request, reply)) ++bad;
+  }
+  EXPECT_EQ(bad, 0);
+}
+
 }  // namespace
 }  // namespace attnserve::testing
