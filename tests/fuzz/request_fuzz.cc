@@ -6,6 +6,7 @@
 // codes of DESIGN.md's table for a malformed request, with a message; an
 // accepted request's reply estimate is within the limit, and the engine
 // answers it with the shapes the wire contract promises and finite values.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -14,88 +15,20 @@
 
 #include "attnserve/v1/attention.pb.h"
 #include "core/engine.h"
-#include "core/model.h"
 #include "server/validation.h"
 #include "tests/fuzz/fuzz_check.h"
+#include "tests/fuzz/tiny_models.h"
 
 namespace {
 
 using namespace attnserve;
 
-// Small enough that every accepted request computes in well under a
+// The models (tiny_models.h) keep every accepted request well under a
 // millisecond: L <= max_length <= 24, d_model 8.
 constexpr int64_t kMaxReplyBytes = 64 << 10;
 
-struct TinyModel {
-  std::string name;
-  core::ModelConfig config;
-  std::unique_ptr<core::Engine> reference;
-};
-
-// Deterministic weights in [-0.5, 0.5].
-std::vector<float> Values(size_t n, uint32_t seed) {
-  std::vector<float> v(n);
-  for (float& x : v) {
-    seed = seed * 1664525u + 1013904223u;
-    x = static_cast<float>(seed >> 8) / static_cast<float>(1u << 24) - 0.5f;
-  }
-  return v;
-}
-
-TinyModel Make(const std::string& name, core::Positional pos, core::Relevance rel,
-               core::Normalization norm, bool projections, uint32_t max_length) {
-  core::ModelConfig c;
-  c.d_model = 8;
-  c.num_heads = 2;
-  c.positional = pos;
-  c.max_length = max_length;
-  c.relevance = rel;
-  c.normalization = norm;
-  c.projections = projections;
-  c.scale = 0.5;
-  auto model = std::make_shared<core::Model>();
-  model->name = name;
-  model->config = c;
-  core::ModelWeights& w = model->weights;
-  const size_t d = c.d_model;
-  if (projections) {
-    w.q_weight = Values(d * d, 1);
-    w.k_weight = Values(d * d, 2);
-    w.v_weight = Values(d * d, 3);
-    w.out_weight = Values(d * d, 4);
-    w.q_bias = Values(d, 5);
-    w.k_bias = Values(d, 6);
-    w.v_bias = Values(d, 7);
-    w.out_bias = Values(d, 8);
-  }
-  if (pos == core::Positional::kLearned) w.pos_embedding = Values(max_length * d, 9);
-  if (rel == core::Relevance::kAdditive) w.additive_v = Values(d, 10);
-  FUZZ_CHECK(core::ValidateModelWeights(c, w, name).ok());
-  absl::StatusOr<std::unique_ptr<core::Engine>> engine = core::CreateReferenceEngine(model);
-  FUZZ_CHECK(engine.ok());
-  return {name, c, *std::move(engine)};
-}
-
-std::vector<TinyModel>* Models() {
-  static auto* models = new std::vector<TinyModel>([] {
-    std::vector<TinyModel> m;
-    m.push_back(Make("learned", core::Positional::kLearned, core::Relevance::kDot,
-                     core::Normalization::kSoftmax, true, 16));
-    m.push_back(Make("rotary", core::Positional::kRotary, core::Relevance::kAdditive,
-                     core::Normalization::kRelu, true, 24));
-    m.push_back(Make("plain", core::Positional::kNone, core::Relevance::kDot,
-                     core::Normalization::kSoftmax, false, 24));
-    return m;
-  }());
-  return models;
-}
-
-bool AllFinite(const float* p, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(p[i])) return false;
-  }
-  return true;
-}
+using fuzz::AllFinite;
+using fuzz::TinyModel;
 
 void Check(const TinyModel& m, const v1::AttendRequest& request) {
   core::SequenceInput seq;
@@ -122,7 +55,13 @@ void Check(const TinyModel& m, const v1::AttendRequest& request) {
   const uint32_t rows = request.pooling() == v1::POOLING_NONE ? L : 1;
   FUZZ_CHECK(o.rows == rows);
   FUZZ_CHECK(o.output.size() == size_t{rows} * m.config.d_model);
-  FUZZ_CHECK(AllFinite(o.output.data(), o.output.size()));
+  // The reference engine computes in double and rounds the output to float
+  // at the end: inputs near FLT_MAX legitimately overflow it (the tiny
+  // models' output is at most about 16x the largest input); far below that,
+  // nothing may.
+  float largest = 0;
+  for (float x : seq.data) largest = std::max(largest, std::fabs(x));
+  if (largest <= 1e30f) FUZZ_CHECK(AllFinite(o.output.data(), o.output.size()));
   const size_t matrices = request.weights() == v1::WEIGHTS_PER_HEAD ? m.config.num_heads
                           : request.weights() == v1::WEIGHTS_MEAN  ? 1
                                                                    : 0;
@@ -144,6 +83,6 @@ void Check(const TinyModel& m, const v1::AttendRequest& request) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   v1::AttendRequest request;
   if (!request.ParseFromArray(data, static_cast<int>(size))) return 0;
-  for (const TinyModel& m : *Models()) Check(m, request);
+  for (const TinyModel& m : fuzz::TinyModels()) Check(m, request);
   return 0;
 }
