@@ -71,6 +71,10 @@ void AttnServer::OnModelHealth(const std::string& model, ModelHealth health) {
 absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOptions& options) {
   auto s = std::unique_ptr<AttnServer>(new AttnServer());
   s->options_ = options;
+  // spdlog's registry is built on first use; build it here, before this
+  // server starts threads that log (an embedding program may not have set up
+  // logging), so that it is published by their creation.
+  spdlog::default_logger_raw();
   s->metrics_ = std::make_unique<Metrics>();
   auto registry = ModelRegistry::Load(
       {.repository = options.model_repository,

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/happens_before.h"
 #include "server/service.h"
 
 namespace attnserve::server {
@@ -98,9 +99,13 @@ class AttentionService::StreamCall final
     service_->ReleaseUnsent(ended);
   }
 
-  void OnCancel() override { cancelled_->store(true); }
+  void OnCancel() override {
+    cancelled_->store(true);
+    ATTN_HAPPENS_BEFORE(this);  // OnDone comes after (happens_before.h)
+  }
 
   void OnDone() override {
+    ATTN_HAPPENS_AFTER(this);
     bool finished = false;
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/happens_before.h"
 #include "server/status_names.h"
 #include "server/v2_request.h"
 #include "server/validation.h"
@@ -92,8 +93,12 @@ class InferenceService::InferCall final : public grpc::ServerUnaryReactor {
     const_cast<grpc::ByteBuffer*>(request)->Clear();
   }
 
-  void OnCancel() override { cancelled_->store(true); }
+  void OnCancel() override {
+    cancelled_->store(true);
+    ATTN_HAPPENS_BEFORE(this);  // OnDone comes after (happens_before.h)
+  }
   void OnDone() override {
+    ATTN_HAPPENS_AFTER(this);
     service_->ReleaseUnsent();
     delete this;
   }

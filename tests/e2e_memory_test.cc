@@ -31,6 +31,16 @@ namespace {
 
 constexpr int64_t kMiB = int64_t{1} << 20;
 
+// In a sanitizer build (make asan, make tsan) the server keeps shadow memory
+// beside every byte it touches (TSan: about 4x), so its RSS is not
+// attnserve's: the memory bounds are asserted in the plain build (make test),
+// the behaviour (what is answered while unread, the codes) in every build.
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+constexpr bool kRssIsAttnserves = false;
+#else
+constexpr bool kRssIsAttnserves = true;
+#endif
+
 // A field of /proc/PID/status ("VmRSS", "VmHWM"), bytes; -1 when unreadable.
 int64_t ProcStatusBytes(pid_t pid, const std::string& field) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
@@ -60,14 +70,8 @@ Binary StartBinary(const std::vector<std::string>& args, const std::vector<std::
     return b;
   }
   b.child = *std::move(child);
-  const std::string grpc_needle = "serving gRPC on 127.0.0.1:";
-  const std::optional<std::string> line =
-      b.child->WaitForLine(grpc_needle, std::chrono::seconds(30));
-  if (!line.has_value()) {
-    ADD_FAILURE() << "no startup line; output:\n" << b.child->output();
-    return b;
-  }
-  b.port = std::atoi(line->c_str() + line->find(grpc_needle) + grpc_needle.size());
+  b.port = WaitForServingPort(*b.child);
+  if (b.port == 0) ADD_FAILURE() << "no startup line; output:\n" << b.child->output();
   return b;
 }
 
@@ -146,7 +150,7 @@ TEST(E2eMemoryTest, StreamThatNeverReadsHoldsAtMostItsWindow) {
   EXPECT_LE(answered_unread, kWindow + 4);
   // Window x (reply + its serialized copy), plus gRPC's buffers: far below
   // the ~1 GiB the 100 replies would take.
-  EXPECT_LT(held, 2 * kWindow * kReplyBytes + 160 * kMiB);
+  if (kRssIsAttnserves) EXPECT_LT(held, 2 * kWindow * kReplyBytes + 160 * kMiB);
 
   // Reading resumes as replies are written: every message is answered once.
   std::set<std::string> ids;
@@ -219,7 +223,7 @@ TEST(E2eMemoryTest, StreamWindowBytesBoundsASlowReaderOfLargeReplies) {
   EXPECT_LE(answered_unread, 3);
   // The bound, one message and its reply over it, the reply's transient
   // copies while it is built, engine scratch and gRPC's buffers.
-  EXPECT_LT(held, kWindowBytes + 2 * kReplyBytes + 128 * kMiB);
+  if (kRssIsAttnserves) EXPECT_LT(held, kWindowBytes + 2 * kReplyBytes + 128 * kMiB);
 
   std::set<std::string> ids;
   v1::AttendResponse reply;
@@ -307,7 +311,7 @@ TEST(E2eMemoryTest, FloodOfLargeCallsIsRefusedBeforeItIsBuffered) {
   // gRPC's quota, plus what accepted requests hold (--max-queue-bytes), plus
   // a stated overhead: the engine's scratch for an 8192-token batch (~50 MiB),
   // replies being serialized, allocator slack.
-  EXPECT_LT(peak - baseline, kQuota + kQueueBytes + 96 * kMiB);
+  if (kRssIsAttnserves) EXPECT_LT(peak - baseline, kQuota + kQueueBytes + 96 * kMiB);
 }
 
 }  // namespace
