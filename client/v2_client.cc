@@ -48,6 +48,32 @@ nlohmann::json ParameterJson(const inference::InferParameter& p) {
 
 }  // namespace
 
+uint16_t FloatToFp16(float x) {
+  const uint32_t w = std::bit_cast<uint32_t>(x);
+  const uint16_t sign = static_cast<uint16_t>((w >> 16) & 0x8000u);
+  const uint32_t magnitude = w & 0x7fffffffu;
+  if (magnitude >= 0x7f800000u) {  // infinity, or NaN (kept quiet, never turned into infinity)
+    return sign | (magnitude > 0x7f800000u ? 0x7e00u : 0x7c00u);
+  }
+  if (magnitude >= 0x477ff000u) return sign | 0x7c00u;  // rounds to above 65504: infinity
+  const int exponent = static_cast<int>(magnitude >> 23) - 127;
+  if (exponent >= -14) {  // a normal half: drop 13 mantissa bits, to nearest even
+    const uint32_t bits = ((static_cast<uint32_t>(exponent + 15) << 10) | ((magnitude >> 13) & 0x3ffu));
+    const uint32_t rest = magnitude & 0x1fffu;
+    const uint32_t up = rest > 0x1000u || (rest == 0x1000u && (bits & 1u)) ? 1u : 0u;
+    return sign | static_cast<uint16_t>(bits + up);  // a carry moves into the exponent
+  }
+  if (exponent < -25) return sign;  // below half the smallest subnormal: zero
+  // A subnormal half: the significand (with its leading 1) shifted into 2^-24 units.
+  const uint32_t significand = (magnitude & 0x7fffffu) | 0x800000u;
+  const int shift = -exponent - 1;  // 14..24: 2^exponent = 2^-24 << (exponent + 24)
+  const uint32_t bits = significand >> shift;
+  const uint32_t rest = significand & ((1u << shift) - 1);
+  const uint32_t half = 1u << (shift - 1);
+  const uint32_t up = rest > half || (rest == half && (bits & 1u)) ? 1u : 0u;
+  return sign | static_cast<uint16_t>(bits + up);  // may round up to the smallest normal
+}
+
 absl::StatusOr<inference::ModelInferRequest> ToModelInfer(const v1::AttendRequest& request,
                                                           const std::string& datatype) {
   if (datatype != "FP32" && datatype != "BF16" && datatype != "FP16") {
@@ -68,8 +94,7 @@ absl::StatusOr<inference::ModelInferRequest> ToModelInfer(const v1::AttendReques
   } else {
     std::vector<uint16_t> bits(data.size());
     for (int i = 0; i < data.size(); ++i) {
-      bits[i] = datatype == "BF16" ? ToBf16(data[i])
-                                   : std::bit_cast<uint16_t>(static_cast<_Float16>(data[i]));
+      bits[i] = datatype == "BF16" ? ToBf16(data[i]) : FloatToFp16(data[i]);
     }
     r.add_raw_input_contents(Raw(bits.data(), bits.size()));
   }

@@ -30,6 +30,11 @@ inline constexpr char kModelInferMethod[] = "/inference.GRPCInferenceService/Mod
 absl::StatusOr<inference::ModelInferRequest> ToModelInfer(const v1::AttendRequest& request,
                                                           const std::string& datatype);
 
+// IEEE half bits of `x`, rounded to nearest even: overflow to infinity,
+// subnormals kept, NaN stays NaN. Written out rather than through the
+// compiler's _Float16, which clang 14 lacks on x86 (the fuzz build).
+uint16_t FloatToFp16(float x);
+
 // The reply as the v2 REST JSON shape: {"model_name", "model_version", "id",
 // "parameters": {name: value}, "outputs": [{"name", "datatype", "shape",
 // "data": [...]}]} with the raw FP32 outputs decoded.

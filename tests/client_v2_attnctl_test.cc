@@ -3,8 +3,12 @@
 // BF16 and FP16 input equals the reference engine on the values sent;
 // --output-npy writes every output; errors exit 1 with the code; bench
 // reports exactly the calls it made, and the server counted them as v2.
+#include <bit>
+#include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -171,6 +175,31 @@ TEST_F(AttnctlV2Test, BenchReportsExactlyTheCallsItMade) {
 // shapes: a reply from a hostile or broken server (a name with a path in it,
 // a shape that disagrees with the bytes, a non-FP32 output) is refused and
 // nothing is written outside the prefix.
+// FloatToFp16 (what attnctl --datatype FP16 sends) against the compiler's
+// IEEE half conversion (GCC's _Float16, round to nearest even): every float
+// whose bits are a multiple of 127 (33.8 million, every exponent, both signs)
+// plus the edges (ties, the overflow and underflow thresholds, subnormals).
+TEST(V2Fp16Test, FloatToFp16RoundsAsIeeeHalf) {
+  auto expected = [](float x) { return std::bit_cast<uint16_t>(static_cast<_Float16>(x)); };
+  int wrong = 0;
+  for (uint64_t w = 0; w <= 0xffffffffu; w += 127) {
+    const float x = std::bit_cast<float>(static_cast<uint32_t>(w));
+    const uint16_t got = client::FloatToFp16(x);
+    if (std::isnan(x) ? (got & 0x7fffu) <= 0x7c00u : got != expected(x)) {
+      if (++wrong <= 5) ADD_FAILURE() << std::hexfloat << x << ": " << got << " vs " << expected(x);
+    }
+  }
+  EXPECT_EQ(wrong, 0);
+  for (float x : {0.0f, -0.0f, 1.0f, 65504.0f, 65519.99f, 65520.0f, 1e9f, -1e9f,
+                  std::ldexp(1.0f, -14), std::ldexp(1.0f, -24), std::ldexp(1.0f, -25),
+                  std::ldexp(1.5f, -25), std::ldexp(1.0f, -26), std::ldexp(1023.5f, -24),
+                  1.0f + std::ldexp(1.0f, -11), 1.0f + std::ldexp(3.0f, -11),
+                  std::numeric_limits<float>::infinity(), std::numeric_limits<float>::denorm_min()}) {
+    EXPECT_EQ(client::FloatToFp16(x), expected(x)) << std::hexfloat << x;
+  }
+  EXPECT_EQ(client::FloatToFp16(std::numeric_limits<float>::quiet_NaN()) & 0x7e00u, 0x7e00u);
+}
+
 TEST(AttnctlV2NpyTest, RefusesOutputsThatAreNoSafeFileOrDisagreeWithTheirShape) {
   const std::string dir = ::testing::TempDir() + "/v2_npy_" + std::to_string(::getpid());
   std::filesystem::remove_all(dir);
