@@ -16,7 +16,8 @@
 #   make image-test  make image + run it for real (ctest -L image)
 #   make asan    every ctest suite built with ASan + UBSan, in $(ASAN_DIR) (not the
 #                image's: they check the release binaries the image ships)
-#   make tsan    the server, batcher, client and e2e suites under ThreadSanitizer,
+#   make tsan    the server, batcher, client and e2e suites and the canaries
+#                (tests/tsan_canary_test.cc) under ThreadSanitizer,
 #                in $(TSAN_DIR)
 #   make fuzz    each libFuzzer target of tests/fuzz for FUZZ_SECONDS seconds
 #                (clang, in $(FUZZ_DIR)); prints executions per target
@@ -156,9 +157,10 @@ ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:detect_stack_use_after_r
 # annotated by tests/tsan/grpc_happens_before.cc.
 TSAN_ENV := TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
   OMP_NUM_THREADS=1 OMP_THREAD_LIMIT=1
-TSAN_LABELS ?= server|client|e2e
-# The executables those labels run (not the core suites or the benchmarks).
-TSAN_TARGETS = attnserve attnctl $(basename $(notdir $(wildcard \
+TSAN_LABELS ?= server|client|e2e|tsan
+# The executables those labels run (not the core suites or the benchmarks);
+# tsan_canary_test: races that must still be reported.
+TSAN_TARGETS = attnserve attnctl tsan_canary_test $(basename $(notdir $(wildcard \
   tests/server_*_test.cc tests/client_*_test.cc tests/e2e_*_test.cc)))
 
 $(ASAN_DIR)/CMakeCache.txt:

@@ -150,7 +150,9 @@ TEST(E2eMemoryTest, StreamThatNeverReadsHoldsAtMostItsWindow) {
   EXPECT_LE(answered_unread, kWindow + 4);
   // Window x (reply + its serialized copy), plus gRPC's buffers: far below
   // the ~1 GiB the 100 replies would take.
-  if (kRssIsAttnserves) EXPECT_LT(held, 2 * kWindow * kReplyBytes + 160 * kMiB);
+  if (kRssIsAttnserves) {
+    EXPECT_LT(held, 2 * kWindow * kReplyBytes + 160 * kMiB);
+  }
 
   // Reading resumes as replies are written: every message is answered once.
   std::set<std::string> ids;
@@ -223,7 +225,9 @@ TEST(E2eMemoryTest, StreamWindowBytesBoundsASlowReaderOfLargeReplies) {
   EXPECT_LE(answered_unread, 3);
   // The bound, one message and its reply over it, the reply's transient
   // copies while it is built, engine scratch and gRPC's buffers.
-  if (kRssIsAttnserves) EXPECT_LT(held, kWindowBytes + 2 * kReplyBytes + 128 * kMiB);
+  if (kRssIsAttnserves) {
+    EXPECT_LT(held, kWindowBytes + 2 * kReplyBytes + 128 * kMiB);
+  }
 
   std::set<std::string> ids;
   v1::AttendResponse reply;
@@ -311,7 +315,9 @@ TEST(E2eMemoryTest, FloodOfLargeCallsIsRefusedBeforeItIsBuffered) {
   // gRPC's quota, plus what accepted requests hold (--max-queue-bytes), plus
   // a stated overhead: the engine's scratch for an 8192-token batch (~50 MiB),
   // replies being serialized, allocator slack.
-  if (kRssIsAttnserves) EXPECT_LT(peak - baseline, kQuota + kQueueBytes + 96 * kMiB);
+  if (kRssIsAttnserves) {
+    EXPECT_LT(peak - baseline, kQuota + kQueueBytes + 96 * kMiB);
+  }
 }
 
 }  // namespace

@@ -26,8 +26,14 @@
 
 #include <sanitizer/tsan_interface.h>
 
+#include "absl/base/config.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+
+// The entry points below are out-of-line in this release; later ones make
+// some of them inline, which would bypass the interposers without a word.
+static_assert(ABSL_LTS_RELEASE_VERSION == 20220623,
+              "written for Abseil 20220623 (Debian 12): review the interposed entry points");
 
 namespace {
 
@@ -150,8 +156,10 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond, absl::Time deadlin
   return met;
 }
 
-// Await* is called with the lock held (written, in every gRPC use) and
-// unlocks it while it waits.
+// Await* and CondVar::Wait* are called with the lock held and unlock it while
+// they wait. They are modelled as written (writer) locks: every gRPC use
+// holds the lock written (gRPC takes no reader locks); a reader-held wait
+// would be over-ordered (ordered after other readers), never under-ordered.
 void Mutex::Await(const Condition& cond) {
   ATTN_ABSL_NEXT(void (*)(Mutex*, const Condition&),
                  "_ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE");
