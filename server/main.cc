@@ -17,6 +17,7 @@
 #include "core/onednn_engine.h"
 #include "server/allocator.h"
 #include "server/logging.h"
+#include "server/openmp_defaults.h"
 #include "server/options.h"
 #include "server/server.h"
 #include "server/transport_security.h"
@@ -38,11 +39,11 @@ sigset_t BlockShutdownSignals() {
 void LogStartup(const attnserve::server::AttnServer& server,
                 const attnserve::server::ServerOptions& o) {
   using attnserve::core::ToString;
-  spdlog::info("{} starting: oneDNN ISA {}, {} engine thread(s) per batch, {}",
+  spdlog::info("{} starting: oneDNN ISA {}, {} engine thread(s) per batch, {}, OpenMP wait {}",
                attnserve::server::VersionString(), attnserve::core::OneDnnEngine::IsaName(),
                o.threads > 0 ? std::to_string(o.threads)
                              : absl::StrCat(attnserve::server::AvailableCpus(), " (all available)"),
-               attnserve::server::AllocatorName());
+               attnserve::server::AllocatorName(), attnserve::server::OpenMpWaitDescription());
   const auto models = server.registry().models();  // a snapshot, held for the loop
   for (const auto& m : *models) {
     const auto& c = m->config();
@@ -80,6 +81,7 @@ void LogStartup(const attnserve::server::AttnServer& server,
 }  // namespace
 
 int main(int argc, char** argv) {
+  attnserve::server::ApplyOpenMpDefaults(argv);  // may run this binary again, once
   const sigset_t signals = BlockShutdownSignals();
   attnserve::server::ServerOptions options;
   bool exit_now = false;

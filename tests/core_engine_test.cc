@@ -10,10 +10,13 @@
 // head offset) gives errors of order 1e-1.
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <random>
+#include <thread>
 #include <tuple>
 
 #include "core/onednn_engine.h"
@@ -193,6 +196,32 @@ TEST(OneDnnEngine, ThreadCountDoesNotChangeResults) {
   auto b = (*two)->Run(batch.seqs);
   ASSERT_TRUE(a.ok() && b.ok());
   ExpectClose(*a, *b, 1e-6);
+}
+
+// Create sets the engine up (weight reorders) on the calling thread alone: a
+// parallel region there would give that thread an OpenMP pool of its own
+// beside the one of the thread that runs batches, and with more pooled
+// threads than CPUs libgomp stops spinning between regions (every region of
+// every batch then wakes its workers through the kernel). The caller's
+// thread count is left as it was, and the engine still runs on it.
+TEST(OneDnnEngine, CreateStartsNoOpenMpThreadsAndLeavesTheCallersCountAlone) {
+  if (omp_get_num_procs() < 2) GTEST_SKIP() << "one CPU: OpenMP starts no pool threads";
+  auto model = RandomModel(Config(Positional::kRotary, Relevance::kDot,
+                                  Normalization::kSoftmax, true), 9);
+  auto tasks = [] {
+    return std::distance(std::filesystem::directory_iterator("/proc/self/task"),
+                         std::filesystem::directory_iterator{});
+  };
+  // A fresh thread has no pool yet, whatever this test program ran before.
+  std::thread([&] {
+    omp_set_num_threads(2);
+    const auto before = tasks();
+    auto engine = OneDnnEngine::Create(model);  // num_threads 0: the caller's 2
+    ASSERT_TRUE(engine.ok());
+    EXPECT_EQ(tasks(), before) << "Create started OpenMP threads on the calling thread";
+    EXPECT_EQ(omp_get_max_threads(), 2);
+    EXPECT_TRUE((*engine)->Run(MixedBatch(32, 40, 9).seqs).ok());
+  }).join();
 }
 
 TEST(OneDnnEngine, InvalidSequencesAreRejected) {

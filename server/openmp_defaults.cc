@@ -1,0 +1,44 @@
+#include "server/openmp_defaults.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
+namespace attnserve::server {
+namespace {
+
+// Set, with GOMP_SPINCOUNT, by the run that applied the default, so that the
+// next one can say where the value came from. Not an ATTNSERVE_* variable:
+// those are flags.
+constexpr char kAppliedMarker[] = "ATTN_OPENMP_DEFAULT_APPLIED";
+
+}  // namespace
+
+void ApplyOpenMpDefaults(char** argv) {
+  if (std::getenv("GOMP_SPINCOUNT") != nullptr || std::getenv("OMP_WAIT_POLICY") != nullptr) {
+    return;
+  }
+  if (setenv("GOMP_SPINCOUNT", kDefaultGompSpinCount, 1) != 0 ||
+      setenv(kAppliedMarker, "1", 1) != 0) {
+    return;
+  }
+  execv("/proc/self/exe", argv);
+  // Still here: no /proc, or no permission. Run on libgomp's default.
+  unsetenv("GOMP_SPINCOUNT");
+  unsetenv(kAppliedMarker);
+}
+
+std::string OpenMpWaitDescription() {
+  const char* spin = std::getenv("GOMP_SPINCOUNT");
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  if (spin != nullptr && std::getenv(kAppliedMarker) != nullptr) {
+    return std::string("GOMP_SPINCOUNT=") + spin + " (attnserve's default)";
+  }
+  std::string found;
+  if (spin != nullptr) found = std::string("GOMP_SPINCOUNT=") + spin;
+  if (policy != nullptr) found += (found.empty() ? "" : " ") + std::string("OMP_WAIT_POLICY=") + policy;
+  return found.empty() ? "libgomp's default (GOMP_SPINCOUNT=300000; setting it failed)" : found;
+}
+
+}  // namespace attnserve::server
