@@ -30,31 +30,6 @@ using nlohmann::json;
 constexpr double kMiB = 1024.0 * 1024.0;
 constexpr long kRoofN = 2048;  // the roof matmul is kRoofN³
 
-// A random model with projections; `bf16` sets the compute precision, which
-// the engine honours wherever it has a bf16 path.
-std::shared_ptr<const Model> BenchModel(const Shape& s, bool bf16) {
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> u(-0.05f, 0.05f);
-  auto m = std::make_shared<Model>();
-  m->name = "bench";
-  m->config.d_model = s.d_model;
-  m->config.num_heads = s.heads;
-  m->config.max_length = s.length;
-  m->config.precision = bf16 ? core::Precision::kBf16 : core::Precision::kFp32;
-  m->config.scale = 1.0 / std::sqrt(double(s.d_model / s.heads));
-  const size_t d = s.d_model;
-  for (auto* w : {&m->weights.q_weight, &m->weights.k_weight, &m->weights.v_weight,
-                  &m->weights.out_weight}) {
-    w->resize(d * d);
-    for (float& x : *w) x = u(rng);
-  }
-  for (auto* b : {&m->weights.q_bias, &m->weights.k_bias, &m->weights.v_bias,
-                  &m->weights.out_bias}) {
-    b->assign(d, 0.01f);
-  }
-  return m;
-}
-
 // B sequences of length L with uniform(-1, 1) values.
 struct Inputs {
   std::vector<float> data;
@@ -232,6 +207,32 @@ json RunMemoryCheck(const BenchCase& c) {
 }
 
 }  // namespace
+
+// A random model with projections; `bf16` sets the compute precision, which
+// the engine honours wherever it has a bf16 path.
+std::shared_ptr<const core::Model> BenchModel(const Shape& s, bool bf16) {
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-0.05f, 0.05f);
+  auto m = std::make_shared<core::Model>();
+  m->name = "bench";
+  m->config.d_model = s.d_model;
+  m->config.num_heads = s.heads;
+  m->config.max_length = s.length;
+  m->config.precision = bf16 ? core::Precision::kBf16 : core::Precision::kFp32;
+  m->config.scale = 1.0 / std::sqrt(double(s.d_model / s.heads));
+  const size_t d = s.d_model;
+  for (auto* w : {&m->weights.q_weight, &m->weights.k_weight, &m->weights.v_weight,
+                  &m->weights.out_weight}) {
+    w->resize(d * d);
+    for (float& x : *w) x = u(rng);
+  }
+  for (auto* b : {&m->weights.q_bias, &m->weights.k_bias, &m->weights.v_bias,
+                  &m->weights.out_bias}) {
+    b->assign(d, 0.01f);
+  }
+  return m;
+}
+
 
 double AttentionFlops(const Shape& s) {
   const double B = s.batch, L = s.length, d = s.d_model;

@@ -6,11 +6,14 @@
 #ifndef ATTNSERVE_BENCH_BENCH_CASE_H_
 #define ATTNSERVE_BENCH_BENCH_CASE_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
+
+#include "core/model.h"
 
 namespace attnserve::bench {
 
@@ -23,6 +26,11 @@ struct Shape {
 // plus 4·B·L²·d for Q·Kᵀ and P·V over the full L² (no mask). The softmax,
 // bias adds and weight copies are not counted.
 double AttentionFlops(const Shape& s);
+
+// The benchmarks' random model of shape `s` (d_model, heads; max_length =
+// length) with projections and no positional encoding; `bf16` sets the
+// compute precision.
+std::shared_ptr<const core::Model> BenchModel(const Shape& s, bool bf16);
 
 struct BenchCase {
   enum class Kind {

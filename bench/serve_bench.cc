@@ -1,18 +1,14 @@
-// serve_bench: how much of the engine's offline throughput the server keeps
-// under load. Starts the attnserve binary on 127.0.0.1 (a free port) on the
-// demo model, drives it closed-loop over gRPC at each concurrency with L=128
-// requests, and prints requests/s, p50/p99 latency, the mean batch size from
-// the replies' Stats and the server process's CPU time per request; then, in
-// the same run, the engine's offline throughput for the same batch
-// composition (batches of that mean size, back to back, in this process) and
-// two ratios: serving / offline (end to end, the load generator sharing the
-// machine's cores) and server efficiency (the engine's CPU per request over
-// the server's: what the server keeps of the engine when the load comes from
-// elsewhere). Repeated with --max-batch-size 1 to show what batching gains.
-// Bounded: each level runs for --seconds and stops by itself.
+// serve_bench: what the server costs beside the engine. By default (`make
+// bench-serve`) it prints the serving-overhead report of
+// bench/serve_bench_overhead.h: the attnserve binary on 127.0.0.1 (a free
+// port) on the demo model, driven closed-loop over gRPC at each concurrency
+// with L=128 requests, against the engine alone in this process; where a
+// lone request's time goes; the reply path on long sequences; and the
+// targets with PASS/FAIL. Bounded: each level runs for --seconds and stops by
+// itself.
 //
 //   build/bench/serve_bench [--seconds 5] [--concurrency 1,16,64] [--length 128]
-//                           [--max-queue-delay-us US] [--server-binary PATH]
+//                           [--max-queue-delay-us US] [--no-long] [--server-binary PATH]
 //
 // With --tls and/or --token it prints instead what transport security and
 // bearer tokens cost (bench/serve_bench_tls.h): plaintext against TLS,
@@ -34,6 +30,7 @@
 #include <vector>
 
 #include "attnserve/v1/attention.grpc.pb.h"
+#include "bench/serve_bench_overhead.h"
 #include "bench/serve_bench_tls.h"
 #include "bench/serve_bench_v2.h"
 #include "bench/serve_process.h"
@@ -56,30 +53,6 @@ attnserve::client::ClientOptions Plaintext(const std::string& target) {
   attnserve::client::ClientOptions client;
   client.target = target;
   return client;
-}
-
-// The engine alone on batches of `batch` sequences of `length`: sequences/s.
-double OfflineThroughput(attnserve::core::Engine& engine, int batch, uint32_t length,
-                         double seconds) {
-  const uint32_t d = engine.model().config.d_model;
-  std::mt19937 rng(3);
-  std::uniform_real_distribution<float> u(-1, 1);
-  std::vector<float> data(size_t(batch) * length * d);
-  for (float& x : data) x = u(rng);
-  std::vector<attnserve::core::SequenceInput> seqs(batch);
-  for (int b = 0; b < batch; ++b) {
-    seqs[b].data = std::span<const float>(data).subspan(size_t(b) * length * d, length * d);
-    seqs[b].length = length;
-  }
-  std::vector<double> per_batch;
-  const auto stop = Clock::now() + std::chrono::duration<double>(seconds);
-  while (Clock::now() < stop || per_batch.size() < 5) {
-    const auto t0 = Clock::now();
-    auto out = engine.Run(seqs);
-    per_batch.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-    if (!out.ok()) return 0;
-  }
-  return batch / Percentile(per_batch, 0.5);  // median batch time
 }
 
 // --target HOST:PORT: only the load, against a server running elsewhere
@@ -137,6 +110,7 @@ int main(int argc, char** argv) {
   attnserve::bench::TlsBenchOptions security;  // --tls / --token: the security table
   attnserve::bench::V2BenchOptions protocol;   // --protocol v2: the v1 / v2 table
   bool compare_v2 = false;
+  bool long_sequences = true;  // the report's L = 2048 part
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     const bool has_value = i + 1 < argc;
@@ -154,9 +128,11 @@ int main(int argc, char** argv) {
     }
     else if (flag == "--target" && has_value) target = argv[++i];
     else if (flag == "--server-binary" && has_value) binary = argv[++i];
+    else if (flag == "--no-long") long_sequences = false;
     else {
       std::fprintf(stderr, "usage: serve_bench [--seconds S] [--length L] [--concurrency 1,16,64] "
-                           "[--max-queue-delay-us US] [--target HOST:PORT] [--server-binary PATH]\n"
+                           "[--max-queue-delay-us US] [--no-long] [--target HOST:PORT] "
+                           "[--server-binary PATH]\n"
                            "       serve_bench --tls [--token] [--rounds N] [--seconds S] "
                            "[--length L] [--concurrency 1,64]\n"
                            "       serve_bench --protocol v2 [--rounds N] [--seconds S] "
@@ -178,48 +154,12 @@ int main(int argc, char** argv) {
     return attnserve::bench::RunTlsComparison(security);
   }
   if (!target.empty()) return LoadExternal(target, levels, seconds, length);
-  auto model = attnserve::core::LoadModel(std::string(ATTNSERVE_SOURCE_DIR) + "/models/demo");
-  if (!model.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
-    return 1;
-  }
-  auto engine = attnserve::core::OneDnnEngine::Create(
-      std::make_shared<const attnserve::core::Model>(*std::move(model)));
-  if (!engine.ok()) return 1;
-  const v1::AttendRequest request = MakeRequest(length, (*engine)->model().config.d_model);
-  const unsigned cores = std::thread::hardware_concurrency();
-  std::printf("| server | concurrency | requests/s | p50 ms | p99 ms | mean batch | server CPU ms/req "
-              "| load generator CPU ms/req | offline req/s | serving / offline | server efficiency "
-              "| errors |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-  for (uint32_t max_batch : {64u, 1u}) {
-    std::vector<std::string> flags = {"--max-batch-size", std::to_string(max_batch)};
-    if (delay_us >= 0) {
-      flags.insert(flags.end(), {"--max-queue-delay-us", std::to_string(delay_us)});
-    }
-    ServerProcess server(binary, flags);
-    if (!server.ok()) {
-      std::fprintf(stderr, "cannot start %s\n", binary.c_str());
-      return 1;
-    }
-    for (int c : levels) {
-      const double cpu0 = server.CpuSeconds(), own_cpu0 = OwnCpuSeconds();
-      LevelResult r = RunLevel(server.client(), c, seconds, request);
-      const double answered = std::max(1.0, r.requests_per_s * r.elapsed_s);
-      const double cpu_ms_per_request = 1e3 * (server.CpuSeconds() - cpu0) / answered;
-      const double load_cpu_ms_per_request = 1e3 * (OwnCpuSeconds() - own_cpu0) / answered;
-      const int batch = std::max(1, static_cast<int>(r.mean_batch + 0.5));
-      const double offline = OfflineThroughput(**engine, batch, length, std::min(seconds, 2.0));
-      // The engine alone keeps every core busy: its CPU per request is cores / offline rate.
-      const double offline_cpu_ms = 1e3 * cores / offline;
-      std::printf("| %s | %d | %.1f | %.2f | %.2f | %.1f | %.2f | %.2f | %.1f | %.0f%% | %.0f%% | %llu |\n",
-                  max_batch == 1 ? "--max-batch-size 1" : "--max-batch-size 64", c,
-                  r.requests_per_s, r.p50_ms, r.p99_ms, r.mean_batch, cpu_ms_per_request,
-                  load_cpu_ms_per_request, offline,
-                  100 * r.requests_per_s / offline, 100 * offline_cpu_ms / cpu_ms_per_request,
-                  static_cast<unsigned long long>(r.errors));
-      std::fflush(stdout);
-    }
-  }
-  return 0;
+  attnserve::bench::OverheadOptions overhead;
+  overhead.seconds = seconds;
+  overhead.length = length;
+  overhead.levels = levels;
+  overhead.max_queue_delay_us = delay_us;
+  overhead.long_sequences = long_sequences;
+  overhead.server_binary = binary;
+  return attnserve::bench::RunOverheadReport(overhead);
 }

@@ -62,22 +62,6 @@ std::vector<Mode> MakeModes(const TlsBenchOptions& options, const std::string& d
   return modes;
 }
 
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown CPU";
-}
-
-std::string LoadAverage() {
-  double load[3] = {0, 0, 0};
-  if (getloadavg(load, 3) != 3) return "unknown";
-  char text[64];
-  std::snprintf(text, sizeof text, "%.2f %.2f %.2f", load[0], load[1], load[2]);
-  return text;
-}
-
 // The median over rounds of one (mode, level).
 struct Cell {
   std::vector<double> rps, p50_ms, p99_ms, cpu_ms, client_cpu_ms;

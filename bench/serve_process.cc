@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -63,6 +64,9 @@ LevelResult RunLevel(const client::ClientOptions& client, int concurrency, doubl
   r.p50_ms = report->p50_ms;
   r.p99_ms = report->p99_ms;
   r.mean_batch = report->mean_batch_size;
+  r.mean_ms = report->mean_ms;
+  r.mean_queue_ms = report->mean_queue_ms;
+  r.mean_compute_ms = report->mean_compute_ms;
   r.errors = report->calls - report->ok;
   r.elapsed_s = report->elapsed_s;
   return r;
@@ -73,6 +77,22 @@ double OwnCpuSeconds() {
   getrusage(RUSAGE_SELF, &u);
   auto seconds = [](const timeval& t) { return t.tv_sec + t.tv_usec / 1e6; };
   return seconds(u.ru_utime) + seconds(u.ru_stime);
+}
+
+std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown CPU";
+}
+
+std::string LoadAverage() {
+  double load[3] = {0, 0, 0};
+  if (getloadavg(load, 3) != 3) return "unknown";
+  char text[64];
+  std::snprintf(text, sizeof text, "%.2f %.2f %.2f", load[0], load[1], load[2]);
+  return text;
 }
 
 double Percentile(std::vector<double> v, double p) {

@@ -20,6 +20,9 @@ namespace attnserve::bench {
 struct LevelResult {
   int concurrency = 0;
   double requests_per_s = 0, p50_ms = 0, p99_ms = 0, mean_batch = 0;
+  // Means over the OK calls: latency, and the replies' Stats.queue_us and
+  // Stats.compute_us (0 when the server sends no Stats).
+  double mean_ms = 0, mean_queue_ms = 0, mean_compute_ms = 0;
   uint64_t errors = 0;
   double elapsed_s = 0;
 };
@@ -37,6 +40,11 @@ LevelResult RunLevel(const client::ClientOptions& client, int concurrency, doubl
 // CPU seconds (user + system) this process has used so far: the load
 // generator's own cost, all of its threads.
 double OwnCpuSeconds();
+
+// The CPU's model name (/proc/cpuinfo), for the reports' headers.
+std::string CpuModel();
+// The 1, 5 and 15 minute load averages, e.g. "0.52 0.61 0.40".
+std::string LoadAverage();
 
 // The p-quantile (0..1) of `v`, nearest rank; 0 when empty.
 double Percentile(std::vector<double> v, double p);

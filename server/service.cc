@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/happens_before.h"
+#include "server/reply.h"
 #include "server/repository_service.h"
 #include "server/status_names.h"
 #include "server/validation.h"
@@ -26,32 +27,15 @@ const std::string& UnknownModelLabel() {
   return *label;
 }
 
-// Sizes the reply's output matrix before the request is queued and points the
-// engine at its data, so the engine's unpacking writes straight into the
-// reply (no copy through SequenceOutput::output).
-void PrepareOutput(uint32_t d_model, core::SequenceInput* input, v1::AttendResponse* response) {
-  const uint32_t rows = input->pooling == core::Pooling::kNone ? input->length : 1;
-  v1::Matrix* output = response->mutable_output();
-  output->set_rows(rows);
-  output->set_cols(d_model);
-  const int n = static_cast<int>(rows * d_model);
-  output->mutable_data()->Reserve(n);
-  input->output_buffer = std::span<float>(output->mutable_data()->AddNAlreadyReserved(n), n);
-}
-
-void FillResponse(const core::SequenceOutput& out, uint32_t length, const BatchStats& stats,
-                  v1::AttendResponse* response) {
-  for (const core::WeightsMatrix& w : out.attention) {
-    v1::Matrix* m = response->add_attention();
-    m->set_rows(length);
-    m->set_cols(length);
-    m->mutable_data()->Add(w.begin(), w.end());
-  }
-  v1::Stats* s = response->mutable_stats();
-  s->set_queue_us(stats.queue_us);
-  s->set_compute_us(stats.compute_us);
-  s->set_batch_size(stats.batch_size);
-  s->set_batch_tokens(stats.batch_tokens);
+// Sizes the reply's output rows before the request is queued and points the
+// engine at them, so the engine's unpacking writes straight into what the
+// reply sends (server/reply.h: no copy through SequenceOutput::output, none
+// into the message).
+void PrepareOutput(uint32_t d_model, core::SequenceInput* input, ReplyFloats* output,
+                   uint32_t* rows) {
+  *rows = input->pooling == core::Pooling::kNone ? input->length : 1;
+  output->resize(size_t{*rows} * d_model);  // not zeroed: the engine writes every float
+  input->output_buffer = std::span<float>(*output);
 }
 
 // Parses `bytes` into *request; INVALID_ARGUMENT saying so when they are not
@@ -105,6 +89,9 @@ struct AttentionService::Work {
   std::string model;  // the served model's name ("" until found)
   uint32_t length = 0;
   uint64_t admitted_bytes = 0;  // given to CallInfo::on_admitted
+  ReplyFloats output;           // the engine's output buffer, sent as the reply's output
+  uint32_t output_rows = 0;     // L, or 1 when pooled
+  uint32_t d_model = 0;
 };
 
 // One Attend call. OnCancel raises the flag the batcher polls; OnDone (after
@@ -223,8 +210,10 @@ void AttentionService::Admit(const grpc::ByteBuffer& bytes, const CallInfo& call
   task.deadline_us = call.deadline_us;
   task.cancelled = [cancelled = call.cancelled] { return cancelled->load(); };
   // The reply buffer is allocated only once the batcher has admitted the task.
-  task.prepare = [response = &w.response, d_model = model->config().d_model](
-                     core::SequenceInput& input) { PrepareOutput(d_model, &input, response); };
+  w.d_model = model->config().d_model;
+  task.prepare = [work = &w](core::SequenceInput& input) {
+    PrepareOutput(work->d_model, &input, &work->output, &work->output_rows);
+  };
   task.done = [this, work](absl::StatusOr<core::SequenceOutput> out, const BatchStats& stats) {
     Complete(*work, std::move(out), stats);
   };
@@ -269,6 +258,7 @@ void AttentionService::Complete(Work& work, absl::StatusOr<core::SequenceOutput>
   out = absl::StatusOr<core::SequenceOutput>();
   work.request = v1::AttendRequest();
   work.response = v1::AttendResponse();
+  work.output = ReplyFloats();
   try {  // every request that reached a batch waited in its queue, whatever its fate
     metrics_->QueueWait(work.model, stats.queue_us / 1e6);
   } catch (...) {  // metrics must not keep a call from being answered
@@ -284,21 +274,23 @@ void AttentionService::Deliver(Work& work, grpc::Status status, grpc::ByteBuffer
   EndRequest();
 }
 
-grpc::Status AttentionService::BuildReply(const core::SequenceOutput& out,
-                                          const BatchStats& stats, Work* work,
-                                          grpc::ByteBuffer* bytes) {
+grpc::Status AttentionService::BuildReply(core::SequenceOutput& out, const BatchStats& stats,
+                                          Work* work, grpc::ByteBuffer* bytes) {
   const uint32_t length = work->request.input().rows();
+  const size_t matrices = out.attention.size();
   try {
     if (hooks_.before_reply) hooks_.before_reply(work->request);
-    FillResponse(out, length, stats, &work->response);
-    bool own_buffer = false;
-    return grpc::SerializationTraits<v1::AttendResponse>::Serialize(work->response, bytes,
-                                                                    &own_buffer);
+    v1::Stats* s = work->response.mutable_stats();
+    s->set_queue_us(stats.queue_us);
+    s->set_compute_us(stats.compute_us);
+    s->set_batch_size(stats.batch_size);
+    s->set_batch_tokens(stats.batch_tokens);
+    return SerializeReply(work->response, work->output_rows, work->d_model,
+                          std::move(work->output), std::move(out.attention), length, bytes);
   } catch (const std::bad_alloc&) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         absl::StrCat("out of memory while building the reply (L=", length,
-                                     ", ", out.attention.size(),
-                                     " attention matrices); retry later"));
+                                     ", ", matrices, " attention matrices); retry later"));
   } catch (const std::exception& e) {
     return grpc::Status(grpc::StatusCode::INTERNAL,
                         absl::StrCat("building the reply failed: ", e.what()));

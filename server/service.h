@@ -144,8 +144,9 @@ class AttentionService final
   void Complete(Work& work, absl::StatusOr<core::SequenceOutput> out, const BatchStats& stats);
   // Calls work.reply, then EndRequest; never throws.
   void Deliver(Work& work, grpc::Status status, grpc::ByteBuffer* bytes);
-  // Fills and serializes a computed reply; never throws.
-  grpc::Status BuildReply(const core::SequenceOutput& out, const BatchStats& stats, Work* work,
+  // Serializes a computed reply around the engine's buffers (their floats
+  // move into *bytes, server/reply.h); never throws.
+  grpc::Status BuildReply(core::SequenceOutput& out, const BatchStats& stats, Work* work,
                           grpc::ByteBuffer* bytes);
   // Metrics and logs of an answered request; never throws.
   void RecordOutcome(const std::string& model, const std::string& request_id, uint32_t length,

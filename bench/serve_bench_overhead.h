@@ -1,0 +1,45 @@
+// serve_bench's default report (`make bench-serve`): what the server costs
+// beside the engine, measured in one run on this machine, with the targets
+// of the serving-overhead work and PASS/FAIL for each.
+//
+// 1. The load table: the attnserve binary on the demo model (L = 128),
+//    closed loop over loopback at each concurrency, at --max-batch-size 64
+//    and 1: requests/s, p50/p99, mean batch, the server's and the load
+//    generator's CPU per request, the engine alone on batches of the same
+//    size (this process), and their ratios.
+// 2. Concurrency 1, where a request's time goes (means over the level's
+//    calls, so the parts add up): gRPC alone (the same request and reply
+//    bytes through an in-process server that answers at once), the queue
+//    (Stats.queue_us), the engine inside the server (Stats.compute_us) split
+//    into the engine offline and what the server adds to it (wake-ups, cold
+//    caches), and the rest (parse, validation, hand-off, reply).
+// 3. Long sequences: the engine on L = 2048, d = 1024 (weights none and
+//    mean) against the reply path the server runs after it on the batch
+//    thread (server/reply.h), and against protobuf's copy-and-serialize way
+//    of building the same bytes.
+// 4. The targets, each with its measured figure, its bound and PASS/FAIL.
+#ifndef ATTNSERVE_BENCH_SERVE_BENCH_OVERHEAD_H_
+#define ATTNSERVE_BENCH_SERVE_BENCH_OVERHEAD_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace attnserve::bench {
+
+struct OverheadOptions {
+  double seconds = 5;                 // per load level
+  uint32_t length = 128;
+  std::vector<int> levels = {1, 16, 64};  // must hold 1 and 64 for the targets
+  int64_t max_queue_delay_us = -1;    // -1: the server's default
+  bool long_sequences = true;         // part 3 (about 20 s)
+  std::string server_binary;
+};
+
+// Prints the report on stdout. Returns 0 when it ran (whatever the targets
+// say), 1 when a server or the engine could not start or calls failed.
+int RunOverheadReport(const OverheadOptions& options);
+
+}  // namespace attnserve::bench
+
+#endif  // ATTNSERVE_BENCH_SERVE_BENCH_OVERHEAD_H_
