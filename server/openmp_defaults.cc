@@ -1,9 +1,11 @@
 #include "server/openmp_defaults.h"
 
+#include <limits.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <string>
+#include <string_view>
 
 namespace attnserve::server {
 namespace {
@@ -22,6 +24,16 @@ void ApplyOpenMpDefaults(char** argv) {
   if (setenv("GOMP_SPINCOUNT", kDefaultGompSpinCount, 1) != 0 ||
       setenv(kAppliedMarker, "1", 1) != 0) {
     return;
+  }
+  // The binary's own path, so that the process keeps its name (the kernel
+  // names a process after the file it executes: "exe" for /proc/self/exe,
+  // which `ps`, `top` and the thread names would then show).
+  char path[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+  const std::string_view deleted = " (deleted)";  // replaced on disk since it started
+  if (n > 0 && !std::string_view(path, n).ends_with(deleted)) {
+    path[n] = '\0';
+    execv(path, argv);
   }
   execv("/proc/self/exe", argv);
   // Still here: no /proc, or no permission. Run on libgomp's default.

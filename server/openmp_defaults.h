@@ -24,7 +24,8 @@ inline constexpr char kDefaultGompSpinCount[] = "3000";
 
 // When neither GOMP_SPINCOUNT nor OMP_WAIT_POLICY is set: sets
 // GOMP_SPINCOUNT to the default and replaces this process with a new run of
-// /proc/self/exe with `argv` (the same PID, signals, descriptors). Returns
+// this binary (its path, as /proc/self/exe names it) with `argv`: the same
+// PID, name, signals and descriptors. Returns
 // when nothing needs doing, or when that execution failed (libgomp's default
 // then stays; OpenMpWaitDescription says so).
 void ApplyOpenMpDefaults(char** argv);

@@ -86,6 +86,11 @@ TEST_F(E2eOpenMpDefaultsTest, RunsWithAShortSpinByDefaultUnderTheSamePid) {
   // The PID the test started is the one serving, with the setting in its
   // environment (libgomp read it there when the binary started again).
   EXPECT_THAT(EnvironmentOf(child_->pid()), Contains("GOMP_SPINCOUNT=3000"));
+  // Under its own name, not /proc/self/exe's ("exe"): what ps and top show.
+  std::ifstream comm("/proc/" + std::to_string(child_->pid()) + "/comm");
+  std::string name;
+  std::getline(comm, name);
+  EXPECT_EQ(name, "attnserve");
   // Started once more, not twice: one startup line.
   const std::string out = child_->output();
   EXPECT_EQ(out.find(" starting: "), out.rfind(" starting: ")) << out;
