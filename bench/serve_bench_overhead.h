@@ -18,6 +18,9 @@
 //    thread (server/reply.h), and against protobuf's copy-and-serialize way
 //    of building the same bytes.
 // 4. The targets, each with its measured figure, its bound and PASS/FAIL.
+//    The engine-alone references of the bounds (the c = 1 request; batches
+//    of 32) are the median of three measurements: before, between and after
+//    the servers' levels.
 #ifndef ATTNSERVE_BENCH_SERVE_BENCH_OVERHEAD_H_
 #define ATTNSERVE_BENCH_SERVE_BENCH_OVERHEAD_H_
 
