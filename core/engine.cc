@@ -86,7 +86,7 @@ absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& se
     }
   }
   if (!seq.output_buffer.empty()) {
-    const uint64_t rows = seq.pooling == Pooling::kNone ? seq.length : 1;
+    const uint64_t rows = OutputRowCount(seq);
     if (seq.output_buffer.size() != rows * d) {
       return absl::InvalidArgumentError(absl::StrCat(
           "output buffer holds ", seq.output_buffer.size(), " floats; expected rows * d_model = ",
@@ -119,7 +119,7 @@ std::span<float> OutputRows(const SequenceInput& in, uint32_t rows, size_t d_mod
 
 uint64_t SequenceBytes(const ModelConfig& config, const SequenceInput& seq) {
   const uint64_t L = seq.length, d = config.d_model;
-  const uint64_t rows = seq.pooling == Pooling::kNone ? L : 1;
+  const uint64_t rows = OutputRowCount(seq);
   const uint64_t matrices = seq.weights == WeightsMode::kPerHead ? config.num_heads
                             : seq.weights == WeightsMode::kMean  ? 1
                                                                  : 0;

@@ -52,6 +52,11 @@ struct SequenceInput {
   bool values_checked = false;
 };
 
+// The rows of a sequence's output: its length, or 1 when pooled.
+inline uint32_t OutputRowCount(const SequenceInput& seq) {
+  return seq.pooling == Pooling::kNone ? seq.length : 1;
+}
+
 // One L x L matrix of attention weights, row-major.
 using WeightsMatrix = std::vector<float, DefaultInitAllocator<float>>;
 

@@ -9,7 +9,7 @@ namespace attnserve::core {
 void AllocateOutputs(const ModelConfig& c, const SequenceInput& in, SequenceOutput& out) {
   const size_t L = in.length;
   try {
-    OutputRows(in, in.pooling == Pooling::kNone ? in.length : 1, c.d_model, out);
+    OutputRows(in, OutputRowCount(in), c.d_model, out);
     const size_t matrices = in.weights == WeightsMode::kPerHead ? c.num_heads
                             : in.weights == WeightsMode::kMean  ? 1
                                                                 : 0;

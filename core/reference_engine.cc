@@ -175,7 +175,7 @@ class ReferenceEngine final : public Engine {
     const Matrix y = c.projections ? Linear(context, L, d, wt.out_weight, wt.out_bias, d)
                                    : context;
     const std::span<float> dst =
-        OutputRows(seq, seq.pooling == Pooling::kNone ? L : 1, d, out);
+        OutputRows(seq, OutputRowCount(seq), d, out);
     for (size_t k2 = 0; k2 < d; ++k2) {
       if (seq.pooling == Pooling::kNone) {
         for (size_t i = 0; i < L; ++i) dst[i * d + k2] = float(y[i * d + k2]);

@@ -33,7 +33,7 @@ const std::string& UnknownModelLabel() {
 // into the message).
 void PrepareOutput(uint32_t d_model, core::SequenceInput* input, ReplyFloats* output,
                    uint32_t* rows) {
-  *rows = input->pooling == core::Pooling::kNone ? input->length : 1;
+  *rows = core::OutputRowCount(*input);
   output->resize(size_t{*rows} * d_model);  // not zeroed: the engine writes every float
   input->output_buffer = std::span<float>(*output);
 }

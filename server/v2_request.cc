@@ -361,10 +361,6 @@ uint64_t AttentionFloats(const core::ModelConfig& config, core::WeightsMode weig
   return mats * length * length;
 }
 
-uint64_t OutputRows(const core::SequenceInput& s) {
-  return s.pooling == core::Pooling::kNone ? s.length : 1;
-}
-
 }  // namespace
 
 std::string ClipForMessage(const std::string& text) {
@@ -419,7 +415,7 @@ grpc::Status PlanInfer(const ModelInferRequest& request, const std::string& mode
     s.mask.edges = edges;
     s.weights = weights;
     s.pooling = pooling;
-    reply_floats += OutputRows(s) * config.d_model + AttentionFloats(config, weights, s.length);
+    reply_floats += uint64_t{core::OutputRowCount(s)} * config.d_model + AttentionFloats(config, weights, s.length);
   }
   // Validated first, as attnserve.v1 does: a sequence the model cannot take
   // is its own error (OUT_OF_RANGE for L > max_length), whatever its reply size.
@@ -447,7 +443,7 @@ std::string* LayOutResponse(const core::ModelConfig& config, InferPlan* plan,
                             inference::ModelInferResponse* response,
                             std::vector<float>* scratch) {
   const core::SequenceInput& first = plan->sequences.front();
-  const uint64_t rows = OutputRows(first);
+  const uint64_t rows = core::OutputRowCount(first);
   const uint64_t per_output = rows * config.d_model;
   const uint64_t per_attention = AttentionFloats(config, first.weights, plan->length);
   std::string* output_raw = nullptr;
