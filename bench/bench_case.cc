@@ -233,7 +233,6 @@ std::shared_ptr<const core::Model> BenchModel(const Shape& s, bool bf16) {
   return m;
 }
 
-
 double AttentionFlops(const Shape& s) {
   const double B = s.batch, L = s.length, d = s.d_model;
   return 8 * B * L * d * d + 4 * B * L * L * d;

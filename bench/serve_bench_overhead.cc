@@ -1,20 +1,27 @@
 #include "bench/serve_bench_overhead.h"
 
+#include <unistd.h>
+
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
-#include <thread>
+#include <utility>
 #include <vector>
 
 #include "attnserve/v1/attention.grpc.pb.h"
 #include "bench/bench_case.h"
 #include "bench/serve_process.h"
 #include "core/onednn_engine.h"
+#include "core/safetensors.h"
+#include "server/options.h"
 #include "server/reply.h"
 
 namespace attnserve::bench {
@@ -22,12 +29,15 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr Shape kLongShape{1, 2048, 1024, 16};  // part 3's model and request
+constexpr char kLongModel[] = "long";
+
 double MsSince(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 
-// `batch` sequences of `length` random rows (seed 3) for `engine`'s model,
-// asking for `mode` weights. The data lives as long as the object.
+// `batch` sequences of `length` random rows (seed 3) of `d_model`, asking
+// for `mode` weights. The data lives as long as the object.
 struct OfflineBatch {
   std::vector<float> data;
   std::vector<core::SequenceInput> seqs;
@@ -46,29 +56,39 @@ struct OfflineBatch {
   }
 };
 
-// The engine alone, after one warm-up run: the median wall time of one Run in
-// ms, over at least `min_runs` runs and `seconds`. 0 when a run fails. The
-// last run's outputs go to *last when given.
-double MedianRunMs(core::Engine& engine, const OfflineBatch& batch, int min_runs, double seconds,
-                   std::vector<core::SequenceOutput>* last = nullptr) {
-  if (!engine.Run(batch.seqs).ok()) return 0;
+// The engine alone on one batch, after a warm-up run, over at least
+// `min_runs` runs and `seconds`.
+struct OfflineTiming {
+  double median_ms = 0;      // one Run; 0 when a run failed
+  double cpu_ms_per_seq = 0;  // this process's CPU time over the sequences computed
+};
+OfflineTiming TimeRuns(core::Engine& engine, const OfflineBatch& batch, int min_runs,
+                       double seconds, std::vector<core::SequenceOutput>* last = nullptr) {
+  if (!engine.Run(batch.seqs).ok()) return {};
   std::vector<double> ms;
+  const double cpu0 = OwnCpuSeconds();
   const auto stop = Clock::now() + std::chrono::duration<double>(seconds);
   while (Clock::now() < stop || static_cast<int>(ms.size()) < min_runs) {
     const auto t0 = Clock::now();
     auto out = engine.Run(batch.seqs);
     ms.push_back(MsSince(t0));
-    if (!out.ok()) return 0;
+    if (!out.ok()) return {};
     if (last != nullptr) *last = *std::move(out);
   }
-  return Percentile(ms, 0.5);
+  const double sequences = double(ms.size()) * batch.seqs.size();
+  return {Percentile(ms, 0.5), 1e3 * (OwnCpuSeconds() - cpu0) / sequences};
 }
 
-// Sequences/s of the engine alone on batches of `batch` x `length`.
-double OfflineRate(core::Engine& engine, int batch, uint32_t length, double seconds) {
+// The engine alone on batches of `batch` x `length`: sequences/s and CPU.
+struct OfflineRate {
+  double per_s = 0;
+  double cpu_ms_per_seq = 0;
+};
+OfflineRate MeasureRate(core::Engine& engine, int batch, uint32_t length, double seconds) {
   const OfflineBatch b(engine.model().config.d_model, batch, length, core::WeightsMode::kNone);
-  const double ms = MedianRunMs(engine, b, 5, seconds);
-  return ms > 0 ? 1e3 * batch / ms : 0;
+  const OfflineTiming t = TimeRuns(engine, b, 5, seconds);
+  if (t.median_ms == 0) return {};
+  return {1e3 * batch / t.median_ms, t.cpu_ms_per_seq};
 }
 
 // An Attention service that answers every Attend at once with the same
@@ -90,26 +110,40 @@ class ImmediateAttention final
   const grpc::ByteBuffer reply_;
 };
 
-// The c = 1 level against ImmediateAttention answering with an output the
-// size of the request's input (as the server does), in this process on
-// 127.0.0.1.
-LevelResult GrpcAlone(uint32_t length, const v1::AttendRequest& request, double seconds) {
+// The c = 1 level against ImmediateAttention answering with the reply the
+// server would send: an output the size of the request's input and
+// `matrices` L x L attention matrices; in this process, on 127.0.0.1.
+// errors = 1 when the server could not start.
+LevelResult GrpcAlone(const v1::AttendRequest& request, int matrices, double seconds) {
+  LevelResult failed;
+  failed.errors = 1;
+  const uint32_t length = request.input().rows();
   v1::AttendResponse reply;
   reply.set_request_id("immediate");
-  reply.set_model("demo");
-  *reply.mutable_output() = request.input();  // the same size as the server's output
+  reply.set_model(request.model());
+  *reply.mutable_output() = request.input();
+  for (int m = 0; m < matrices; ++m) {
+    v1::Matrix* w = reply.add_attention();
+    w->set_rows(length);
+    w->set_cols(length);
+    w->mutable_data()->Resize(static_cast<int>(length * length), 0.5f / length);
+  }
   reply.mutable_stats()->set_batch_size(1);
   reply.mutable_stats()->set_batch_tokens(length);
   grpc::ByteBuffer bytes;
   bool own = false;
-  if (!grpc::SerializationTraits<v1::AttendResponse>::Serialize(reply, &bytes, &own).ok()) return {};
+  if (!grpc::SerializationTraits<v1::AttendResponse>::Serialize(reply, &bytes, &own).ok()) {
+    return failed;
+  }
   ImmediateAttention service(std::move(bytes));
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(-1);
+  builder.SetMaxSendMessageSize(-1);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) return {};
+  if (server == nullptr || port == 0) return failed;
   client::ClientOptions client;
   client.target = "127.0.0.1:" + std::to_string(port);
   LevelResult r = RunLevel(client, 1, seconds, request);
@@ -117,86 +151,204 @@ LevelResult GrpcAlone(uint32_t length, const v1::AttendRequest& request, double 
   return r;
 }
 
+// Where a lone request's time goes: means, in ms.
+struct Breakdown {
+  double end_to_end = 0, grpc_alone = 0, queue = 0, compute = 0, offline = 0;
+  double engine_extra() const { return compute - offline; }  // the server's engine beside offline
+  double rest() const { return end_to_end - grpc_alone - queue - compute; }
+};
+
 // One load level against the attnserve process, with the CPU both sides used.
 struct Measured {
   LevelResult load;
   double server_cpu_ms = 0;  // per answered request
   double load_cpu_ms = 0;    // the load generator's, per answered request
-  double offline_rate = 0;   // the engine alone on batches of the mean size, sequences/s
+  OfflineRate offline;       // the engine alone on batches of the mean size
 };
 
-// Long sequences: the engine against the reply path after it.
+Measured MeasureLevel(ServerProcess& server, core::Engine& engine, int concurrency,
+                      const v1::AttendRequest& request, double seconds) {
+  Measured m;
+  const double cpu0 = server.CpuSeconds(), own_cpu0 = OwnCpuSeconds();
+  m.load = RunLevel(server.client(), concurrency, seconds, request);
+  const double answered = std::max(1.0, m.load.requests_per_s * m.load.elapsed_s);
+  m.server_cpu_ms = 1e3 * (server.CpuSeconds() - cpu0) / answered;
+  m.load_cpu_ms = 1e3 * (OwnCpuSeconds() - own_cpu0) / answered;
+  const int batch = std::max(1, static_cast<int>(m.load.mean_batch + 0.5));
+  m.offline = MeasureRate(engine, batch, request.input().rows(), std::min(seconds, 2.0));
+  return m;
+}
+
+// Part 3, per weights mode: through the server, and the reply building alone.
 struct LongFigures {
-  double engine_ms = 0;    // one Run, median
-  double reply_ms = 0;     // SerializeReply (what the server runs now), median
-  double protobuf_ms = 0;  // copy into the message + serialize (the way before), median
-  double reply_mib = 0;    // the reply's size
+  Breakdown through_server;  // c = 1 against the binary on the written model
+  uint64_t errors = 0;
+  double reply_mib = 0;      // the reply's size
+  double build_ms = 0;       // SerializeReply (now), median
+  double protobuf_ms = 0;    // weights copied into the message + serialized (before), median
 };
 
-LongFigures MeasureLong(core::WeightsMode mode) {
-  const Shape shape{1, 2048, 1024, 16};
-  auto engine = core::OneDnnEngine::Create(BenchModel(shape, false));
-  if (!engine.ok()) return {};
-  const OfflineBatch batch(shape.d_model, 1, shape.length, mode);
+// Writes kLongShape's random model (core_bench's BenchModel) as
+// `repository`/long: config.json and weights.safetensors.
+bool WriteLongModel(const std::string& repository) {
+  const auto model = BenchModel(kLongShape, false);
+  const std::string dir = repository + "/" + kLongModel;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return false;
+  std::ofstream(dir + "/config.json")
+      << R"({"d_model": )" << kLongShape.d_model << R"(, "num_heads": )" << kLongShape.heads
+      << R"(, "positional": "none", "max_length": )" << kLongShape.length
+      << R"(, "relevance": "dot", "normalization": "softmax", "projections": true,)"
+      << R"( "precision": "fp32"})";
+  const int64_t d = kLongShape.d_model;
+  const core::ModelWeights& w = model->weights;
+  std::map<std::string, core::TensorToWrite> tensors;
+  auto& in_proj = tensors["in_proj_weight"];
+  in_proj.shape = {3 * d, d};
+  auto& in_bias = tensors["in_proj_bias"];
+  in_bias.shape = {3 * d};
+  for (const auto* part : {&w.q_weight, &w.k_weight, &w.v_weight}) {
+    in_proj.values.insert(in_proj.values.end(), part->begin(), part->end());
+  }
+  for (const auto* part : {&w.q_bias, &w.k_bias, &w.v_bias}) {
+    in_bias.values.insert(in_bias.values.end(), part->begin(), part->end());
+  }
+  tensors["out_proj.weight"] = {{d, d}, w.out_weight};
+  tensors["out_proj.bias"] = {{d}, w.out_bias};
+  return core::WriteSafetensors(dir + "/weights.safetensors", tensors).ok();
+}
+
+// The reply building alone, in this process, on the engine's own output.
+void TimeReplyBuilding(core::WeightsMode mode, LongFigures* f) {
+  auto engine = core::OneDnnEngine::Create(BenchModel(kLongShape, false));
+  if (!engine.ok()) return;
+  const OfflineBatch batch(kLongShape.d_model, 1, kLongShape.length, mode);
   std::vector<core::SequenceOutput> outs;
-  LongFigures f;
-  f.engine_ms = MedianRunMs(**engine, batch, 3, 2.0, &outs);
-  if (f.engine_ms == 0 || outs.size() != 1) return {};
+  if (TimeRuns(**engine, batch, 1, 0, &outs).median_ms == 0 || outs.size() != 1) return;
   const core::SequenceOutput& out = outs[0];
   v1::AttendResponse head;
   head.set_request_id("0123abcd-42");
-  head.set_model("long");
-  head.mutable_stats()->set_compute_us(static_cast<uint64_t>(f.engine_ms * 1e3));
+  head.set_model(kLongModel);
   head.mutable_stats()->set_batch_size(1);
-  head.mutable_stats()->set_batch_tokens(shape.length);
-  std::vector<double> reply_ms, protobuf_ms;
+  head.mutable_stats()->set_batch_tokens(kLongShape.length);
+  std::vector<double> build_ms, protobuf_ms;
   for (int run = 0; run < 7; ++run) {
     {  // now: the engine's buffers move into the reply's slices
-      server::ReplyFloats output(out.output.begin(), out.output.end());  // as the engine leaves them
+      server::ReplyFloats output(out.output.begin(), out.output.end());  // as the engine left them
       std::vector<core::WeightsMatrix> attention = out.attention;
       grpc::ByteBuffer bytes;
       const auto t0 = Clock::now();
-      if (!server::SerializeReply(head, out.rows, shape.d_model, std::move(output),
-                                  std::move(attention), shape.length, &bytes)
+      if (!server::SerializeReply(head, out.rows, kLongShape.d_model, std::move(output),
+                                  std::move(attention), kLongShape.length, &bytes)
                .ok()) {
-        return {};
+        return;
       }
-      reply_ms.push_back(MsSince(t0));
-      f.reply_mib = bytes.Length() / (1024.0 * 1024.0);
+      build_ms.push_back(MsSince(t0));
+      f->reply_mib = bytes.Length() / (1024.0 * 1024.0);
     }
-    {  // before: the output already in the message (the engine wrote it there),
-       // the weights copied in, then everything serialized into new bytes
+    {  // before: the output already in the message (the engine wrote it
+       // there), the weights copied in, everything serialized into new bytes
       v1::AttendResponse message = head;
       message.mutable_output()->set_rows(out.rows);
-      message.mutable_output()->set_cols(shape.d_model);
+      message.mutable_output()->set_cols(kLongShape.d_model);
       message.mutable_output()->mutable_data()->Add(out.output.begin(), out.output.end());
       grpc::ByteBuffer bytes;
       bool own = false;
       const auto t0 = Clock::now();
       for (const core::WeightsMatrix& w : out.attention) {
         v1::Matrix* m = message.add_attention();
-        m->set_rows(shape.length);
-        m->set_cols(shape.length);
+        m->set_rows(kLongShape.length);
+        m->set_cols(kLongShape.length);
         m->mutable_data()->Add(w.begin(), w.end());
       }
       if (!grpc::SerializationTraits<v1::AttendResponse>::Serialize(message, &bytes, &own).ok()) {
-        return {};
+        return;
       }
       protobuf_ms.push_back(MsSince(t0));
     }
   }
-  f.reply_ms = Percentile(reply_ms, 0.5);
-  f.protobuf_ms = Percentile(protobuf_ms, 0.5);
-  return f;
+  f->build_ms = Percentile(build_ms, 0.5);
+  f->protobuf_ms = Percentile(protobuf_ms, 0.5);
+}
+
+// Part 3 for weights none and mean.
+std::vector<std::pair<const char*, LongFigures>> MeasureLong(const OverheadOptions& options) {
+  std::vector<std::pair<const char*, LongFigures>> results = {{"none", {}}, {"mean", {}}};
+  const std::string repository =
+      (std::filesystem::temp_directory_path() / ("serve_bench." + std::to_string(getpid())))
+          .string();
+  if (!WriteLongModel(repository)) {
+    std::fprintf(stderr, "cannot write the long-sequence model under %s\n", repository.c_str());
+    for (auto& [name, f] : results) f.errors = 1;
+    return results;
+  }
+  {
+    ServerProcess server(options.server_binary, {"--max-batch-size", "1"}, {}, repository);
+    v1::AttendRequest request = MakeRequest(kLongShape.length, kLongShape.d_model);
+    request.set_model(kLongModel);
+    auto engine = core::OneDnnEngine::Create(BenchModel(kLongShape, false));
+    for (auto& [name, f] : results) {
+      const bool mean = std::string(name) == "mean";
+      request.set_weights(mean ? v1::WEIGHTS_MEAN : v1::WEIGHTS_NONE);
+      if (!server.ok() || !engine.ok()) {
+        f.errors = 1;
+        continue;
+      }
+      const LevelResult l = RunLevel(server.client(), 1, std::max(options.seconds, 4.0), request);
+      const LevelResult alone = GrpcAlone(request, mean ? 1 : 0, std::max(options.seconds, 4.0));
+      OfflineBatch input(kLongShape.d_model, 1, kLongShape.length,
+                         mean ? core::WeightsMode::kMean : core::WeightsMode::kNone);
+      f.through_server = {l.mean_ms, alone.mean_ms, l.mean_queue_ms, l.mean_compute_ms,
+                          TimeRuns(**engine, input, 3, 1.0).median_ms};
+      f.errors = l.errors + alone.errors;
+      TimeReplyBuilding(mean ? core::WeightsMode::kMean : core::WeightsMode::kNone, &f);
+    }
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(repository, ec);
+  return results;
 }
 
 const char* Verdict(bool pass) { return pass ? "PASS" : "FAIL"; }
 
+void PrintBreakdownRows(const Breakdown& b) {
+  std::printf("| part | ms | share |\n|---|---|---|\n");
+  auto row = [&](const char* part, double ms) {
+    std::printf("| %s | %.3f | %.1f%% |\n", part, ms, 100 * ms / b.end_to_end);
+  };
+  row("gRPC alone: the same request and reply bytes, answered at once by an in-process server",
+      b.grpc_alone);
+  row("queue: from submission to the batch's start (Stats.queue_us; the batch thread's wake-up)",
+      b.queue);
+  row("engine, as fast as offline (this process, the same request, warm)", b.offline);
+  row("engine, what the server adds (Stats.compute_us minus offline: OpenMP wake-ups, cold "
+      "caches)",
+      b.engine_extra());
+  row("the server's own rest: parse, validation, metrics, reply, the hand-offs to and from gRPC",
+      b.rest());
+  row("end to end (the client's mean)", b.end_to_end);
+}
+
+void PrintLong(const std::vector<std::pair<const char*, LongFigures>>& longs) {
+  std::printf("\nLong sequences: L = %d, d_model = %d, %d heads, fp32, one request at a time "
+              "through the server (--max-batch-size 1), means over the level's calls\n",
+              kLongShape.length, kLongShape.d_model, kLongShape.heads);
+  for (const auto& [name, f] : longs) {
+    std::printf("\nweights %s (reply %.1f MiB)\n\n", name, f.reply_mib);
+    PrintBreakdownRows(f.through_server);
+  }
+  std::printf("\nBuilding the reply alone (this process, the engine's output; medians)\n\n"
+              "| weights | reply MiB | SerializeReply ms (now) | protobuf copy + serialize ms "
+              "(before) |\n|---|---|---|---|\n");
+  for (const auto& [name, f] : longs) {
+    std::printf("| %s | %.1f | %.3f | %.2f |\n", name, f.reply_mib, f.build_ms, f.protobuf_ms);
+  }
+}
+
 }  // namespace
 
 int RunOverheadReport(const OverheadOptions& options) {
-  const bool has_1 = std::count(options.levels.begin(), options.levels.end(), 1) > 0;
-  const bool has_64 = std::count(options.levels.begin(), options.levels.end(), 64) > 0;
   auto model = core::LoadModel(std::string(ATTNSERVE_SOURCE_DIR) + "/models/demo");
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
@@ -207,32 +359,33 @@ int RunOverheadReport(const OverheadOptions& options) {
   if (!engine.ok()) return 1;
   const uint32_t d_model = (*engine)->model().config.d_model;
   const v1::AttendRequest request = MakeRequest(options.length, d_model);
-  const unsigned cores = std::thread::hardware_concurrency();
-  std::printf("serve_bench on %s, %u CPUs, load average %s; demo model (d_model %u), L = %u, "
-              "%.0f s a level\n\n",
-              CpuModel().c_str(), cores, LoadAverage().c_str(), d_model, options.length,
-              options.seconds);
-  std::printf("| server | concurrency | requests/s | p50 ms | p99 ms | mean batch | server CPU ms/req "
-              "| load generator CPU ms/req | offline req/s | serving / offline | server efficiency "
-              "| errors |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-  // The engine alone on the c = 1 request and on batches of 32, the targets'
-  // references: measured before, between and after the servers' levels, the
-  // median of the three, so that a burst of load from elsewhere on a shared
-  // machine does not move the bounds.
+  std::printf("serve_bench on %s, %d CPUs available, load average %s; demo model (d_model %u), "
+              "L = %u, %.0f s a level\n\n",
+              CpuModel().c_str(), server::AvailableCpus(), LoadAverage().c_str(), d_model,
+              options.length, options.seconds);
+
+  // The targets' references, measured with no load running: before, between
+  // and after the servers' levels, the median of the three.
   const OfflineBatch one(d_model, 1, options.length, core::WeightsMode::kNone);
-  std::vector<double> one_ms, rate_32;
+  std::vector<double> one_ms, rate_32, cpu_32;
   auto measure_references = [&] {
-    one_ms.push_back(MedianRunMs(**engine, one, 50, 1.0));
-    rate_32.push_back(OfflineRate(**engine, 32, options.length, 1.0));
+    one_ms.push_back(TimeRuns(**engine, one, 50, 1.0).median_ms);
+    const OfflineRate r = MeasureRate(**engine, 32, options.length, 1.0);
+    rate_32.push_back(r.per_s);
+    cpu_32.push_back(r.cpu_ms_per_seq);
   };
   measure_references();
-  Measured c1, c64;
+
+  std::printf("| server | concurrency | requests/s | p50 ms | p99 ms | mean batch | server CPU "
+              "ms/req | load generator CPU ms/req | offline req/s | serving / offline | server "
+              "efficiency | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::map<int, Measured> batched;  // --max-batch-size 64, by concurrency
   uint64_t errors = 0;
   for (uint32_t max_batch : {64u, 1u}) {
     std::vector<std::string> flags = {"--max-batch-size", std::to_string(max_batch)};
     if (options.max_queue_delay_us >= 0) {
-      flags.insert(flags.end(), {"--max-queue-delay-us", std::to_string(options.max_queue_delay_us)});
+      flags.insert(flags.end(),
+                   {"--max-queue-delay-us", std::to_string(options.max_queue_delay_us)});
     }
     ServerProcess server(options.server_binary, flags);
     if (!server.ok()) {
@@ -240,112 +393,87 @@ int RunOverheadReport(const OverheadOptions& options) {
       return 1;
     }
     for (int c : options.levels) {
-      Measured m;
-      const double cpu0 = server.CpuSeconds(), own_cpu0 = OwnCpuSeconds();
-      m.load = RunLevel(server.client(), c, options.seconds, request);
-      const double answered = std::max(1.0, m.load.requests_per_s * m.load.elapsed_s);
-      m.server_cpu_ms = 1e3 * (server.CpuSeconds() - cpu0) / answered;
-      m.load_cpu_ms = 1e3 * (OwnCpuSeconds() - own_cpu0) / answered;
-      const int batch = std::max(1, static_cast<int>(m.load.mean_batch + 0.5));
-      m.offline_rate = OfflineRate(**engine, batch, options.length, std::min(options.seconds, 2.0));
-      // The engine alone keeps every core busy: its CPU per request is cores / its rate.
-      const double offline_cpu_ms = 1e3 * cores / m.offline_rate;
-      std::printf("| %s | %d | %.1f | %.2f | %.2f | %.1f | %.2f | %.2f | %.1f | %.0f%% | %.0f%% | %llu |\n",
-                  max_batch == 1 ? "--max-batch-size 1" : "--max-batch-size 64", c,
-                  m.load.requests_per_s, m.load.p50_ms, m.load.p99_ms, m.load.mean_batch,
-                  m.server_cpu_ms, m.load_cpu_ms, m.offline_rate,
-                  100 * m.load.requests_per_s / m.offline_rate, 100 * offline_cpu_ms / m.server_cpu_ms,
+      const Measured m = MeasureLevel(server, **engine, c, request, options.seconds);
+      std::printf("| --max-batch-size %u | %d | %.1f | %.2f | %.2f | %.1f | %.2f | %.2f | %.1f "
+                  "| %.0f%% | %.0f%% | %llu |\n",
+                  max_batch, c, m.load.requests_per_s, m.load.p50_ms, m.load.p99_ms,
+                  m.load.mean_batch, m.server_cpu_ms, m.load_cpu_ms, m.offline.per_s,
+                  100 * m.load.requests_per_s / m.offline.per_s,
+                  100 * m.offline.cpu_ms_per_seq / m.server_cpu_ms,
                   static_cast<unsigned long long>(m.load.errors));
       std::fflush(stdout);
       errors += m.load.errors;
-      if (max_batch == 64 && c == 1) c1 = m;
-      if (max_batch == 64 && c == 64) c64 = m;
+      if (max_batch == 64) batched[c] = m;
     }
-    if (max_batch == 64) measure_references();  // with no load running
+    if (max_batch == 64) measure_references();
   }
-
   measure_references();
   const double offline_one_ms = Percentile(one_ms, 0.5);
   const double offline_32_rate = Percentile(rate_32, 0.5);
-  const double offline_32_cpu_ms = 1e3 * cores / offline_32_rate;
+  const double offline_32_cpu_ms = Percentile(cpu_32, 0.5);
 
-  if (has_1) {
-    const LevelResult alone = GrpcAlone(options.length, request, options.seconds);
-    const LevelResult& l = c1.load;
-    const double in_server_extra = l.mean_compute_ms - offline_one_ms;
-    const double rest = l.mean_ms - alone.mean_ms - l.mean_queue_ms - l.mean_compute_ms;
+  if (batched.count(1)) {
+    const LevelResult& l = batched[1].load;
+    const LevelResult alone = GrpcAlone(request, 0, options.seconds);
+    errors += alone.errors;
     std::printf("\nConcurrency 1, --max-batch-size 64: where a request's time goes (means over "
                 "the level's %.0f calls)\n\n",
                 l.requests_per_s * l.elapsed_s);
-    std::printf("| part | ms | share |\n|---|---|---|\n");
-    auto row = [&](const char* part, double ms) {
-      std::printf("| %s | %.3f | %.0f%% |\n", part, ms, 100 * ms / l.mean_ms);
-    };
-    row("gRPC alone: the same request and reply bytes, answered at once by an in-process server",
-        alone.mean_ms);
-    row("queue: from submission to the batch's start (Stats.queue_us; the batch thread's wake-up)",
-        l.mean_queue_ms);
-    row("engine, as fast as offline (this process, the same request, warm)", offline_one_ms);
-    row("engine, what the server adds (Stats.compute_us minus offline: OpenMP wake-ups, cold caches)",
-        in_server_extra);
-    row("the server's own rest: parse, validation, metrics, reply, the hand-offs to and from gRPC",
-        rest);
-    row("end to end (the client's mean)", l.mean_ms);
-    std::printf("\nTails: end to end p50 %.3f ms, p99 %.3f ms; gRPC alone p50 %.3f ms, p99 %.3f ms\n",
+    PrintBreakdownRows({l.mean_ms, alone.mean_ms, l.mean_queue_ms, l.mean_compute_ms,
+                        offline_one_ms});
+    std::printf("\nTails: end to end p50 %.3f ms, p99 %.3f ms; gRPC alone p50 %.3f ms, p99 "
+                "%.3f ms\n",
                 l.p50_ms, l.p99_ms, alone.p50_ms, alone.p99_ms);
   }
 
-  LongFigures none, mean;
+  std::vector<std::pair<const char*, LongFigures>> longs;
   if (options.long_sequences) {
-    none = MeasureLong(core::WeightsMode::kNone);
-    mean = MeasureLong(core::WeightsMode::kMean);
-    std::printf("\nLong sequences: L = 2048, d_model = 1024, 16 heads, fp32, one sequence; the "
-                "reply path is what the batch thread runs after the engine (medians)\n\n");
-    std::printf("| weights | reply MiB | engine ms | reply path ms (now) | share of engine | "
-                "protobuf copy + serialize ms (before) | share of engine |\n|---|---|---|---|---|---|---|\n");
-    for (const auto& [name, f] : {std::pair<const char*, LongFigures&>{"none", none},
-                                  std::pair<const char*, LongFigures&>{"mean", mean}}) {
-      std::printf("| %s | %.1f | %.1f | %.3f | %.2f%% | %.2f | %.1f%% |\n", name, f.reply_mib,
-                  f.engine_ms, f.reply_ms, 100 * f.reply_ms / f.engine_ms, f.protobuf_ms,
-                  100 * f.protobuf_ms / f.engine_ms);
-    }
+    longs = MeasureLong(options);
+    for (const auto& [name, f] : longs) errors += f.errors;
+    PrintLong(longs);
   }
 
-  std::printf("\nTargets (this run)\n\n| target | measured | bound | result |\n|---|---|---|---|\n");
-  if (has_1) {
-    const LevelResult& l = c1.load;
-    std::printf("| c = 1: p50 <= the engine offline + 0.20 ms | %.3f ms | %.3f ms (%.3f + 0.20) | %s |\n",
-                l.p50_ms, offline_one_ms + 0.20, offline_one_ms, Verdict(l.p50_ms <= offline_one_ms + 0.20));
+  std::printf("\nTargets (this run)\n\n| target | measured | bound | result |\n"
+              "|---|---|---|---|\n");
+  if (batched.count(1)) {
+    const LevelResult& l = batched[1].load;
+    const double bound = offline_one_ms + 0.20;
+    std::printf("| c = 1: p50 <= the engine offline + 0.20 ms | %.3f ms | %.3f ms (%.3f + 0.20) "
+                "| %s |\n",
+                l.p50_ms, bound, offline_one_ms, Verdict(l.p50_ms <= bound));
     std::printf("| c = 1: p99 <= 2 x p50 | %.3f ms | %.3f ms | %s |\n", l.p99_ms, 2 * l.p50_ms,
                 Verdict(l.p99_ms <= 2 * l.p50_ms));
   }
-  if (has_64) {
-    const Measured& m = c64;
-    std::printf("| c = 64: server CPU per request <= 1.10 x the engine's offline (batch 32: %u cores / "
-                "%.0f per s) | %.3f ms (%.2fx) | %.3f ms | %s |\n",
-                cores, offline_32_rate, m.server_cpu_ms, m.server_cpu_ms / offline_32_cpu_ms,
-                1.10 * offline_32_cpu_ms, Verdict(m.server_cpu_ms <= 1.10 * offline_32_cpu_ms));
-    const double bound = 0.85 * m.offline_rate;
+  if (batched.count(64)) {
+    const Measured& m = batched[64];
+    std::printf("| c = 64: server CPU per request <= 1.10 x the engine's offline (batch 32: "
+                "%.3f ms, %.0f per s) | %.3f ms (%.2fx) | %.3f ms | %s |\n",
+                offline_32_cpu_ms, offline_32_rate, m.server_cpu_ms,
+                m.server_cpu_ms / offline_32_cpu_ms, 1.10 * offline_32_cpu_ms,
+                Verdict(m.server_cpu_ms <= 1.10 * offline_32_cpu_ms));
+    const double bound = 0.85 * m.offline.per_s;
     std::printf("| c = 64: requests/s >= 85%% of the engine offline on the same batches (%.1f), "
                 "raw | %.1f (%.0f%%) | %.1f | %s |\n",
-                m.load.mean_batch, m.load.requests_per_s, 100 * m.load.requests_per_s / m.offline_rate,
-                bound, Verdict(m.load.requests_per_s >= bound));
-    // The load generator used load_cpu_ms per request on the same cores: the
+                m.load.mean_batch, m.load.requests_per_s,
+                100 * m.load.requests_per_s / m.offline.per_s, bound,
+                Verdict(m.load.requests_per_s >= bound));
+    // The load generator used load_cpu_ms per request of the same CPUs: the
     // server had the rest of them.
-    const double load_cores = m.load_cpu_ms * m.load.requests_per_s / 1e3;
-    const double aside = m.load.requests_per_s * cores / std::max(0.1, cores - load_cores);
-    std::printf("| c = 64: the same, the load generator's CPU (%.2f cores) set aside | %.1f (%.0f%%) "
-                "| %.1f | %s |\n",
-                load_cores, aside, 100 * aside / m.offline_rate, bound, Verdict(aside >= bound));
+    const int cpus = server::AvailableCpus();
+    const double load_cpus = m.load_cpu_ms * m.load.requests_per_s / 1e3;
+    const double aside = m.load.requests_per_s * cpus / std::max(0.1, cpus - load_cpus);
+    std::printf("| c = 64: the same, the load generator's CPU (%.2f of %d CPUs) set aside | %.1f "
+                "(%.0f%%) | %.1f | %s |\n",
+                load_cpus, cpus, aside, 100 * aside / m.offline.per_s, bound,
+                Verdict(aside >= bound));
   }
-  if (options.long_sequences) {
-    for (const auto& [name, f] : {std::pair<const char*, LongFigures&>{"none", none},
-                                  std::pair<const char*, LongFigures&>{"mean", mean}}) {
-      std::printf("| L = 2048, d = 1024, weights %s: reply path <= 5%% of the engine | %.3f ms "
-                  "(%.2f%%) | %.1f ms | %s |\n",
-                  name, f.reply_ms, 100 * f.reply_ms / f.engine_ms, 0.05 * f.engine_ms,
-                  Verdict(f.engine_ms > 0 && f.reply_ms <= 0.05 * f.engine_ms));
-    }
+  for (const auto& [name, f] : longs) {
+    const Breakdown& b = f.through_server;
+    std::printf("| L = %d, d = %d, weights %s: the server's own rest (parse, validation, reply) "
+                "<= 5%% of the engine | %.2f ms (%.1f%% of %.1f) | %.1f ms | %s |\n",
+                kLongShape.length, kLongShape.d_model, name, b.rest(), 100 * b.rest() / b.compute,
+                b.compute, 0.05 * b.compute,
+                Verdict(f.errors == 0 && b.compute > 0 && b.rest() <= 0.05 * b.compute));
   }
   return errors == 0 ? 0 : 1;
 }

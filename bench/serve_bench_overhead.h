@@ -13,14 +13,19 @@
 //    (Stats.queue_us), the engine inside the server (Stats.compute_us) split
 //    into the engine offline and what the server adds to it (wake-ups, cold
 //    caches), and the rest (parse, validation, hand-off, reply).
-// 3. Long sequences: the engine on L = 2048, d = 1024 (weights none and
-//    mean) against the reply path the server runs after it on the batch
-//    thread (server/reply.h), and against protobuf's copy-and-serialize way
-//    of building the same bytes.
+// 3. Long sequences (L = 2048, d = 1024, weights none and mean), the same
+//    split through a server on a model written for the run: what the server
+//    adds beside the engine and gRPC (parse, validation, building and
+//    handing over the reply) against the engine time; and the reply
+//    building alone in this process (server/reply.h) against protobuf's
+//    copy-and-serialize way of making the same bytes.
 // 4. The targets, each with its measured figure, its bound and PASS/FAIL.
 //    The engine-alone references of the bounds (the c = 1 request; batches
 //    of 32) are the median of three measurements: before, between and after
-//    the servers' levels.
+//    the servers' levels. CPU per request offline is the process's measured
+//    CPU time over the sequences computed.
+//
+// Not thread-safe: one benchmark thread runs it.
 #ifndef ATTNSERVE_BENCH_SERVE_BENCH_OVERHEAD_H_
 #define ATTNSERVE_BENCH_SERVE_BENCH_OVERHEAD_H_
 
@@ -31,12 +36,12 @@
 namespace attnserve::bench {
 
 struct OverheadOptions {
-  double seconds = 5;                 // per load level
-  uint32_t length = 128;
-  std::vector<int> levels = {1, 16, 64};  // must hold 1 and 64 for the targets
-  int64_t max_queue_delay_us = -1;    // -1: the server's default
-  bool long_sequences = true;         // part 3 (about 20 s)
-  std::string server_binary;
+  double seconds = 5;                      // per load level
+  uint32_t length = 128;                   // L of the load's requests (demo model)
+  std::vector<int> levels = {1, 16, 64};   // concurrencies; 1 and 64 carry the targets
+  int64_t max_queue_delay_us = -1;         // -1: the server's default
+  bool long_sequences = true;              // part 3 (about 40 s)
+  std::string server_binary;               // the attnserve binary to start
 };
 
 // Prints the report on stdout. Returns 0 when it ran (whatever the targets

@@ -108,14 +108,17 @@ v1::AttendRequest MakeRequest(uint32_t length, uint32_t d_model) {
 
 ServerProcess::ServerProcess(const std::string& binary,
                              const std::vector<std::string>& extra_flags,
-                             client::ClientOptions client)
+                             client::ClientOptions client, const std::string& repository)
     : client_(std::move(client)) {
   port_ = FreePort();
   client_.target = target();
   std::vector<std::string> args = {binary, "--host", "127.0.0.1", "--port",
                                    std::to_string(port_), "--metrics-port", "0",
                                    "--model-repository",
-                                   std::string(ATTNSERVE_SOURCE_DIR) + "/models", "--log-level",
+                                   repository.empty()
+                                       ? std::string(ATTNSERVE_SOURCE_DIR) + "/models"
+                                       : repository,
+                                   "--log-level",
                                    "warn"};
   args.insert(args.end(), extra_flags.begin(), extra_flags.end());
   std::vector<char*> argv;

@@ -52,15 +52,17 @@ double Percentile(std::vector<double> v, double p);
 // The benchmark's request: `length` random rows of `d_model` (seed 1).
 v1::AttendRequest MakeRequest(uint32_t length, uint32_t d_model);
 
-// The attnserve binary on 127.0.0.1 and a free port, the demo model
-// repository, metrics off, `extra_flags` added. Ready once ListModels
+// The attnserve binary on 127.0.0.1 and a free port, a model repository
+// (the demo model's by default), metrics off, `extra_flags` added. Ready once ListModels
 // answers through `client` (its target is filled in; TLS options and token
 // as the server needs them), at most 30 s. The destructor sends SIGTERM and
 // reaps it (SIGKILL after 15 s).
 class ServerProcess {
  public:
+  // `repository`: the model repository to serve; empty = the source tree's
+  // models/ (the demo model).
   ServerProcess(const std::string& binary, const std::vector<std::string>& extra_flags,
-                client::ClientOptions client = {});
+                client::ClientOptions client = {}, const std::string& repository = "");
   ~ServerProcess();
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 
@@ -151,9 +152,22 @@ Projection OneDnnEngine::Impl::MakeProjection(const std::vector<float>& weights_
   memory plain(memory::desc({in, out}, dt::f32, {out, 1}), eng,
                const_cast<float*>(weights_ab.data()));
   p.weights = memory(pd.weights_desc(), eng);
-  dnnl::stream s(eng);
-  dnnl::reorder(plain, p.weights).execute(s, plain, p.weights);
-  s.wait();
+  {
+    // Once, on the creating thread alone. A parallel region here would give
+    // that thread an OpenMP pool of its own beside the one of the thread that
+    // runs batches; with more pooled threads than CPUs libgomp stops
+    // spinning between regions, and every region of every batch then wakes
+    // its workers through the kernel (measured: 4,000 context switches per
+    // 2,000 regions, +40 us each; the server's c=1 compute 0.86 ms against
+    // 0.46 offline). Only the execution: the primitives above are created
+    // for the engine's thread count.
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    absl::Cleanup restore = [threads] { omp_set_num_threads(threads); };
+    dnnl::stream s(eng);
+    dnnl::reorder(plain, p.weights).execute(s, plain, p.weights);
+    s.wait();
+  }
   primitives_created += 1;
   p.bias = memory(b_md, eng);
   std::copy(bias.begin(), bias.end(), static_cast<float*>(p.bias.get_data_handle()));
@@ -442,22 +456,13 @@ absl::StatusOr<std::unique_ptr<OneDnnEngine>> OneDnnEngine::Create(
   }
   auto impl = std::make_unique<Impl>();
   impl->model = std::move(model);
-  // The setup (weight reorders) runs on this thread alone. A parallel region
-  // here would give this thread an OpenMP pool of its own beside the batch
-  // thread's; with more pooled threads than CPUs libgomp stops spinning
-  // between regions, and every region of every batch then wakes its workers
-  // through the kernel (measured: 4,000 context switches per 2,000 regions,
-  // +40 us each, and the server's c=1 compute 0.86 ms against 0.46 offline).
-  const int caller_threads = omp_get_max_threads();
-  OneDnnEngineOptions resolved = options;
-  if (resolved.num_threads == 0) resolved.num_threads = caller_threads;
-  omp_set_num_threads(1);
   try {
-    st = impl->Init(resolved);
+    st = impl->Init(options);
   } catch (const dnnl::error& e) {
     st = absl::InternalError(absl::StrCat("oneDNN setup failed: ", e.what()));
+  } catch (const std::bad_alloc&) {
+    st = absl::ResourceExhaustedError("out of memory setting up the attention engine");
   }
-  omp_set_num_threads(caller_threads);
   if (!st.ok()) return st;
   return std::unique_ptr<OneDnnEngine>(new OneDnnEngine(std::move(impl)));
 }

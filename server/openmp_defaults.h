@@ -11,7 +11,10 @@
 // overhead"). libgomp reads these once, when it is loaded, before main() —
 // and glibc resets the environment after .preinit_array functions run — so
 // the binary sets the variable and executes itself again, once, first thing
-// in main(). Not thread-safe: call before any thread starts.
+// in main(). Setting GOMP_SPINCOUNT or OMP_WAIT_POLICY skips that second
+// start (e.g. under valgrind, whose tool it would escape); a binary started
+// through the dynamic loader runs on libgomp's default. Not thread-safe:
+// call before any thread starts.
 #ifndef ATTNSERVE_SERVER_OPENMP_DEFAULTS_H_
 #define ATTNSERVE_SERVER_OPENMP_DEFAULTS_H_
 

@@ -88,10 +88,13 @@ grpc::Status SerializeReply(const v1::AttendResponse& head, uint32_t rows, uint3
   }
   // Fields in number order: request_id and model (1, 2), output (3),
   // attention (4), stats (5).
-  v1::AttendResponse first, last;
+  // Fields 1 and 2 before the matrices, every other one of `head` (stats,
+  // fields added later, unknown fields) after them.
+  v1::AttendResponse first, last = head;
   first.set_request_id(head.request_id());
   first.set_model(head.model());
-  if (head.has_stats()) *last.mutable_stats() = head.stats();
+  last.clear_request_id();
+  last.clear_model();
 
   std::vector<grpc::Slice> slices;
   slices.reserve(3 + 2 * attention.size());

@@ -6,7 +6,7 @@
 // into the ByteBuffer's slices, which gRPC sends from and frees once sent.
 // The bytes are the same as protobuf's serialization of the whole message
 // (fields in number order, packed floats), so every client reads them as
-// before.
+// before. SerializeReply is thread-safe (it shares nothing).
 #ifndef ATTNSERVE_SERVER_REPLY_H_
 #define ATTNSERVE_SERVER_REPLY_H_
 
@@ -24,8 +24,8 @@ namespace attnserve::server {
 // Floats a reply owns; sized without being zeroed (the engine writes them).
 using ReplyFloats = core::WeightsMatrix;
 
-// `head` holds the reply's small fields (request_id, model, stats; its output
-// and attention are unset); `output` is the output matrix, rows x cols;
+// `head` holds the reply's small fields (request_id, model, stats, and any
+// other but output and attention, which must be unset); `output` is the output matrix, rows x cols;
 // `attention` the attention matrices, each length x length. Replaces *bytes.
 // INVALID_ARGUMENT when a size disagrees (a bug, not a client's doing).
 // Throws std::bad_alloc when a header cannot be allocated; the floats are

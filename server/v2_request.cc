@@ -415,7 +415,8 @@ grpc::Status PlanInfer(const ModelInferRequest& request, const std::string& mode
     s.mask.edges = edges;
     s.weights = weights;
     s.pooling = pooling;
-    reply_floats += uint64_t{core::OutputRowCount(s)} * config.d_model + AttentionFloats(config, weights, s.length);
+    reply_floats += uint64_t{core::OutputRowCount(s)} * config.d_model +
+                    AttentionFloats(config, weights, s.length);
   }
   // Validated first, as attnserve.v1 does: a sequence the model cannot take
   // is its own error (OUT_OF_RANGE for L > max_length), whatever its reply size.

@@ -81,7 +81,26 @@ INSTANTIATE_TEST_SUITE_P(
                       Shape{40, 32, 40, 1, true, "x", "m"},                 // weights mean
                       Shape{17, 32, 17, 4, true, "x", "m"},                 // per head
                       Shape{1, 1, 1, 2, false, "", ""},                     // smallest, no stats
-                      Shape{300, 64, 300, 1, true, std::string(200, 'r'), "model-with-a-long-name"}));
+                      Shape{300, 64, 300, 1, true, std::string(200, 'r'), "model-with-a-long-name"},
+                      // a 4 MiB matrix: length prefixes of four bytes
+                      Shape{1024, 32, 1024, 1, true, "big", "m"}));
+
+// A field of AttendResponse the encoder does not know by name (one added to
+// the proto later, here an unknown field) is carried, in number order.
+TEST(SerializeReplyTest, FieldsItDoesNotNameAreKept) {
+  v1::AttendResponse head;
+  head.set_request_id("r");
+  head.mutable_stats()->set_batch_size(2);
+  head.GetReflection()->MutableUnknownFields(&head)->AddVarint(15, 12345);
+  ReplyFloats output(6, 1.5f);
+  v1::AttendResponse whole = head;
+  whole.mutable_output()->set_rows(2);
+  whole.mutable_output()->set_cols(3);
+  whole.mutable_output()->mutable_data()->Add(output.begin(), output.end());
+  grpc::ByteBuffer bytes;
+  ASSERT_TRUE(server::SerializeReply(head, 2, 3, std::move(output), {}, 2, &bytes).ok());
+  EXPECT_EQ(FromByteBuffer(bytes), whole.SerializeAsString());
+}
 
 TEST(SerializeReplyTest, ASizeThatDisagreesIsAnError) {
   v1::AttendResponse head;
