@@ -10,9 +10,15 @@
 // background thread, jemalloc returns freed pages to the kernel only inside
 // later allocator calls: a server that goes idle after a burst would keep the
 // burst's memory. With it, freed pages go back after the decay time (10 s).
+// oversize_threshold:0 keeps allocations of 8 MiB and more (a long
+// sequence's request, output and weights) in the ordinary arenas, whose
+// freed pages wait for that decay, instead of jemalloc's oversize arena,
+// which returns them at once: every such request then faulted its buffers in
+// afresh (measured at L = 2048, d = 1024: parsing an 8 MiB request took
+// 9.6 ms instead of 1.2, and the reply path 0.5 ms instead of 0.04).
 extern "C" {
 // NOLINTNEXTLINE: the name and type are jemalloc's interface.
-const char* malloc_conf = "background_thread:true";
+const char* malloc_conf = "background_thread:true,oversize_threshold:0";
 }
 #endif
 
