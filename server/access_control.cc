@@ -85,6 +85,11 @@ AccessControl::~AccessControl() {
   policy_watcher_.reset();
 }
 
+void AccessControl::StopWatching() {
+  if (token_watcher_) token_watcher_->Stop();
+  if (policy_watcher_) policy_watcher_->Stop();
+}
+
 std::shared_ptr<const TokenSet> AccessControl::tokens() const {
   std::lock_guard<std::mutex> lock(mu_);
   return tokens_;

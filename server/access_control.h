@@ -63,6 +63,13 @@ class AccessControl {
   // reload_interval_ms).
   void ReloadNow();
 
+  // Stops watching the files: joins the watchers' threads, after which no
+  // thread of this object uses `clock` or `metrics` (Check still does, for
+  // calls still made). The server calls it before it destroys them: gRPC's
+  // server credentials hold this object and may outlive the server.
+  // Idempotent; the tokens and policy last loaded stay in force.
+  void StopWatching();
+
   bool tokens_on() const { return token_watcher_ != nullptr; }
   bool policy_on() const { return policy_watcher_ != nullptr; }
 

@@ -39,13 +39,15 @@ FileWatcher::FileWatcher(std::string path, int64_t interval_us, Clock* clock, On
   thread_ = std::thread([this] { Run(); });
 }
 
-FileWatcher::~FileWatcher() {
+FileWatcher::~FileWatcher() { Stop(); }
+
+void FileWatcher::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
   stop_cv_.notify_all();
-  thread_.join();
+  if (thread_.joinable()) thread_.join();
 }
 
 FileWatcher::Stamp FileWatcher::StampOf(const std::string& path) {

@@ -31,7 +31,12 @@ class FileWatcher {
   // Records the file's current state (the caller has just loaded it) and
   // starts the thread. `clock` must outlive the watcher.
   FileWatcher(std::string path, int64_t interval_us, Clock* clock, OnChange on_change);
-  ~FileWatcher();  // stops and joins the thread
+  ~FileWatcher();  // Stop()s
+
+  // Stops the thread and joins it: from then on nothing of the watcher uses
+  // `clock` or calls on_change by itself (CheckNow still does). Idempotent;
+  // not to be called concurrently with itself or from on_change.
+  void Stop();
 
   // Checks the file once, now, on the caller's thread (tests; the thread
   // does the same every interval_us). Returns true when it had changed.

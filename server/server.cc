@@ -109,13 +109,13 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   s->cert_log_watcher_ = WatchCertificateForLog(options.security, &s->clock_);
   auto access = AccessControl::Create(options.security, s->metrics_.get(), &s->clock_);
   if (!access.ok()) return access.status();
+  s->access_ = *std::move(access);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(options.host, ":", options.port);
-  builder.AddListeningPort(
-      address, MakeServerCredentials(options.security, std::shared_ptr<AccessControl>(*std::move(access))),
-      &s->port_);
+  builder.AddListeningPort(address, MakeServerCredentials(options.security, s->access_),
+                           &s->port_);
   builder.SetOption(std::make_unique<ReflectionOption>(options.security.reflection));
   builder.RegisterService(s->service_.get());
   builder.RegisterService(s->v2_service_.get());
@@ -254,6 +254,7 @@ AttnServer::~AttnServer() {
   // A drain that missed its deadline left these for a stuck engine run to
   // release: wait for it here (main() exits without destroying the server).
   if (shutdown_thread_.joinable()) shutdown_thread_.join();
+  if (access_ != nullptr) access_->StopWatching();  // before clock_ and metrics_ go
   lifecycle_.reset();  // joins the poll thread, which may be retiring a model
   registry_.reset();
 }

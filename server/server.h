@@ -19,6 +19,7 @@ class CallbackGenericService;
 }
 
 #include "absl/status/statusor.h"
+#include "server/access_control.h"
 #include "server/clock.h"
 #include "server/file_watcher.h"
 #include "server/metrics.h"
@@ -92,6 +93,10 @@ class AttnServer {
   std::unique_ptr<grpc::Server> health_server_;
   int health_port_ = 0;
   std::unique_ptr<FileWatcher> cert_log_watcher_;  // logs certificate renewals
+  // Also held by the main port's credentials, which gRPC may release after
+  // this server is gone: its watchers are stopped in the destructor, before
+  // the clock and metrics they use.
+  std::shared_ptr<AccessControl> access_;
 
   std::mutex drain_mu_;
   bool drained_ = false;  // guarded by drain_mu_

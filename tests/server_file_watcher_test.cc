@@ -2,6 +2,7 @@
 // sleeps), including in-place rewrites and renames over the file.
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -58,6 +59,28 @@ TEST(FileWatcherTest, ReportsRewritesRenamesAndRemovalOnlyWhenTheClockSaysSo) {
   ASSERT_EQ(seen.size(), 3u);
   EXPECT_EQ(seen[1], "six!");
   EXPECT_EQ(seen[2].rfind("error:cannot read", 0), 0u) << seen[2];
+}
+
+// Stop joins the thread: the clock may go (as the server's does while gRPC
+// still holds the access control that owns the watcher), a change is no
+// longer reported by the thread, and CheckNow still works.
+TEST(FileWatcherTest, StopEndsTheThreadAndLeavesCheckNow) {
+  const std::string path = ::testing::TempDir() + "stopped_" + std::to_string(getpid());
+  std::ofstream(path) << "one";
+  auto clock = std::make_unique<FakeClock>();
+  Recorder recorder;
+  FileWatcher watcher(path, /*interval_us=*/1000, clock.get(),
+                      [&](const absl::StatusOr<std::string>& c) { recorder.Add(c); });
+  clock->BlockUntilWaitingAtNow();  // the thread is running
+  watcher.Stop();
+  watcher.Stop();  // idempotent
+  std::ofstream(path, std::ios::trunc) << "two!";
+  clock->Advance(5000);  // nobody waits on it any more
+  clock.reset();         // a thread still using it would read freed memory (ASan, TSan)
+  EXPECT_TRUE(recorder.seen().empty());
+  EXPECT_TRUE(watcher.CheckNow());
+  EXPECT_EQ(recorder.seen(), std::vector<std::string>{"two!"});
+  std::filesystem::remove(path);
 }
 
 }  // namespace
