@@ -39,6 +39,17 @@ RunResult RunCanary(const std::string& test, const std::string& canary) {
                    {"ATTN_TSAN_CANARY=" + canary}, std::chrono::seconds(60));
 }
 
+// Runs `test` committing `canary` and expects it to end as TSan ends a run
+// that reported, with a data race naming `function`; returns its output.
+std::string ExpectRaceReported(const std::string& test, const std::string& canary,
+                               const std::string& function) {
+  const RunResult run = RunCanary(test, canary);
+  EXPECT_EQ(run.exit_code, kTsanExitCode) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("WARNING: ThreadSanitizer: data race"));
+  EXPECT_THAT(run.output, HasSubstr(function));
+  return run.output;
+}
+
 bool InChild(const char* canary) {
   const char* wanted = std::getenv("ATTN_TSAN_CANARY");
   return wanted != nullptr && std::strcmp(wanted, canary) == 0;
@@ -69,10 +80,7 @@ TEST(TsanCanaryTest, MemcpyRaceBetweenOurThreads) {
     writer.join();
     return;
   }
-  const RunResult run = RunCanary("MemcpyRaceBetweenOurThreads", "memcpy");
-  EXPECT_EQ(run.exit_code, kTsanExitCode) << run.output;
-  EXPECT_THAT(run.output, HasSubstr("WARNING: ThreadSanitizer: data race"));
-  EXPECT_THAT(run.output, HasSubstr("CopyInto"));
+  ExpectRaceReported("MemcpyRaceBetweenOurThreads", "memcpy", "CopyInto");
 }
 
 // Two threads writing one variable, each under its own absl::Mutex: the
@@ -93,10 +101,7 @@ TEST(TsanCanaryTest, DifferentAbslMutexesDoNotOrder) {
     other.join();
     return;
   }
-  const RunResult run = RunCanary("DifferentAbslMutexesDoNotOrder", "absl");
-  EXPECT_EQ(run.exit_code, kTsanExitCode) << run.output;
-  EXPECT_THAT(run.output, HasSubstr("WARNING: ThreadSanitizer: data race"));
-  EXPECT_THAT(run.output, HasSubstr("IncrementUnder"));
+  ExpectRaceReported("DifferentAbslMutexesDoNotOrder", "absl", "IncrementUnder");
 }
 
 // A real gRPC callback server whose reactor is finished from a thread of
@@ -171,11 +176,9 @@ TEST(TsanCanaryTest, WriteAfterFinishRacesWithOnDone) {
     server->Wait();
     return;
   }
-  const RunResult run = RunCanary("WriteAfterFinishRacesWithOnDone", "grpc");
-  EXPECT_EQ(run.exit_code, kTsanExitCode) << run.output;
-  EXPECT_THAT(run.output, HasSubstr("WARNING: ThreadSanitizer: data race"));
-  EXPECT_THAT(run.output, HasSubstr("WriteAfterFinish"));
-  EXPECT_THAT(run.output, HasSubstr("ReadInOnDone"));
+  const std::string output =
+      ExpectRaceReported("WriteAfterFinishRacesWithOnDone", "grpc", "WriteAfterFinish");
+  EXPECT_THAT(output, HasSubstr("ReadInOnDone"));
 }
 
 }  // namespace
