@@ -31,10 +31,9 @@ const std::string& UnknownModelLabel() {
 // engine at them, so the engine's unpacking writes straight into what the
 // reply sends (server/reply.h: no copy through SequenceOutput::output, none
 // into the message).
-void PrepareOutput(uint32_t d_model, core::SequenceInput* input, ReplyFloats* output,
-                   uint32_t* rows) {
-  *rows = core::OutputRowCount(*input);
-  output->resize(size_t{*rows} * d_model);  // not zeroed: the engine writes every float
+void PrepareOutput(uint32_t d_model, core::SequenceInput* input, ReplyFloats* output) {
+  // Not zeroed: the engine writes every float.
+  output->resize(size_t{core::OutputRowCount(*input)} * d_model);
   input->output_buffer = std::span<float>(*output);
 }
 
@@ -89,8 +88,7 @@ struct AttentionService::Work {
   std::string model;  // the served model's name ("" until found)
   uint32_t length = 0;
   uint64_t admitted_bytes = 0;  // given to CallInfo::on_admitted
-  ReplyFloats output;           // the engine's output buffer, sent as the reply's output
-  uint32_t output_rows = 0;     // L, or 1 when pooled
+  ReplyFloats output;  // the engine's output (rows x d_model), sent as the reply's output
   uint32_t d_model = 0;
 };
 
@@ -212,7 +210,7 @@ void AttentionService::Admit(const grpc::ByteBuffer& bytes, const CallInfo& call
   // The reply buffer is allocated only once the batcher has admitted the task.
   w.d_model = model->config().d_model;
   task.prepare = [work = &w](core::SequenceInput& input) {
-    PrepareOutput(work->d_model, &input, &work->output, &work->output_rows);
+    PrepareOutput(work->d_model, &input, &work->output);
   };
   task.done = [this, work](absl::StatusOr<core::SequenceOutput> out, const BatchStats& stats) {
     Complete(*work, std::move(out), stats);
@@ -285,7 +283,8 @@ grpc::Status AttentionService::BuildReply(core::SequenceOutput& out, const Batch
     s->set_compute_us(stats.compute_us);
     s->set_batch_size(stats.batch_size);
     s->set_batch_tokens(stats.batch_tokens);
-    return SerializeReply(work->response, work->output_rows, work->d_model,
+    const auto rows = static_cast<uint32_t>(work->output.size() / work->d_model);
+    return SerializeReply(work->response, rows, work->d_model,
                           std::move(work->output), std::move(out.attention), length, bytes);
   } catch (const std::bad_alloc&) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
