@@ -219,13 +219,10 @@ bool WriteLongModel(const std::string& repository) {
   return core::WriteSafetensors(dir + "/weights.safetensors", tensors).ok();
 }
 
-// The reply building alone, in this process, on the engine's own output.
-void TimeReplyBuilding(core::WeightsMode mode, LongFigures* f) {
-  auto engine = core::OneDnnEngine::Create(BenchModel(kLongShape, false));
-  if (!engine.ok()) return;
-  const OfflineBatch batch(kLongShape.d_model, 1, kLongShape.length, mode);
+// The reply building alone, in this process, on `engine`'s output for `batch`.
+void TimeReplyBuilding(core::Engine& engine, const OfflineBatch& batch, LongFigures* f) {
   std::vector<core::SequenceOutput> outs;
-  if (TimeRuns(**engine, batch, 1, 0, &outs).median_ms == 0 || outs.size() != 1) return;
+  if (TimeRuns(engine, batch, 1, 0, &outs).median_ms == 0 || outs.size() != 1) return;
   const core::SequenceOutput& out = outs[0];
   v1::AttendResponse head;
   head.set_request_id("0123abcd-42");
@@ -297,12 +294,12 @@ std::vector<std::pair<const char*, LongFigures>> MeasureLong(const OverheadOptio
       }
       const LevelResult l = RunLevel(server.client(), 1, std::max(options.seconds, 4.0), request);
       const LevelResult alone = GrpcAlone(request, mean ? 1 : 0, std::max(options.seconds, 4.0));
-      OfflineBatch input(kLongShape.d_model, 1, kLongShape.length,
+      const OfflineBatch input(kLongShape.d_model, 1, kLongShape.length,
                          mean ? core::WeightsMode::kMean : core::WeightsMode::kNone);
       f.through_server = {l.mean_ms, alone.mean_ms, l.mean_queue_ms, l.mean_compute_ms,
                           TimeRuns(**engine, input, 3, 1.0).median_ms};
       f.errors = l.errors + alone.errors;
-      TimeReplyBuilding(mean ? core::WeightsMode::kMean : core::WeightsMode::kNone, &f);
+      TimeReplyBuilding(**engine, input, &f);
     }
   }
   std::error_code ec;
