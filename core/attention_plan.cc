@@ -55,7 +55,7 @@ uint32_t BlockRows(const SequenceInput& seq, uint32_t max_rows, const PlanOption
   if (seq.weights == WeightsMode::kNone) return max_rows;
   // Returned weights need whole score rows: shrink the block instead.
   return static_cast<uint32_t>(
-      std::clamp<size_t>(options.block_floats / seq.length, options.min_rows, max_rows));
+      std::clamp<size_t>(options.block_floats / KeyCount(seq), options.min_rows, max_rows));
 }
 
 // max_rows is not halved below this many rows: smaller blocks make matmul
@@ -89,8 +89,12 @@ AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t n
     SequencePlan& sp = plan.seqs[s];
     sp.input = &batch[s];
     sp.offset = plan.total_tokens;
-    sp.length = batch[s].length;
+    sp.out_offset = plan.total_queries;
+    sp.first_query = CachedKeyCount(batch[s]);
+    sp.length = KeyCount(batch[s]);
     plan.total_tokens += sp.length;
+    plan.total_queries += batch[s].length;
+    plan.has_cached_keys = plan.has_cached_keys || sp.first_query > 0;
     BuildEdges(batch[s].mask, sp.length, sp);
     const bool weights = batch[s].weights != WeightsMode::kNone;
     const uint32_t rows = BlockRows(batch[s], max_rows, options);
@@ -99,7 +103,7 @@ AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t n
     // The mean over heads is summed in place by one task; anything else
     // splits per head.
     const uint32_t heads_per_task = batch[s].weights == WeightsMode::kMean ? num_heads : 1;
-    for (uint32_t r = 0; r < sp.length; r += rows) {
+    for (uint32_t r = sp.first_query; r < sp.length; r += rows) {
       AttentionTask task;
       task.seq = static_cast<uint32_t>(s);
       task.row_begin = r;

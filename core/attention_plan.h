@@ -16,10 +16,18 @@
 
 namespace attnserve::core {
 
+// A sequence in the packed buffers. Its keys are `length` rows: for a
+// session's chunk, the `first_query` cached rows it attends over and then
+// its own; otherwise its own rows alone (first_query = 0). Queries are the
+// rows [first_query, length), the only ones projected, attended from and
+// output. Row indices below (i, keys) count from the first key.
 struct SequencePlan {
   const SequenceInput* input = nullptr;
-  size_t offset = 0;  // row of the first token in the packed buffers
-  uint32_t length = 0;
+  size_t offset = 0;      // row of the first key in the packed Q/K/V
+  size_t out_offset = 0;  // row of the first query in the packed input and context
+  uint32_t length = 0;    // keys: first_query + input->length
+  uint32_t first_query = 0;
+  uint32_t queries() const { return length - first_query; }
   // Graph edges as CSR, each row's keys sorted and unique; both empty when the
   // mask has no edges (every key in the row's range is then allowed).
   std::vector<uint32_t> edge_offsets;  // length + 1
@@ -65,7 +73,9 @@ struct PlanOptions {
 struct AttentionPlan {
   std::vector<SequencePlan> seqs;
   std::vector<AttentionTask> tasks;  // most expensive first
-  size_t total_tokens = 0;
+  size_t total_tokens = 0;   // rows of the packed Q/K/V: every sequence's keys
+  size_t total_queries = 0;  // rows of the packed input and context: the queries
+  bool has_cached_keys = false;  // some sequence is a session's chunk with cached keys
   size_t max_tile_floats = 0;  // largest TileFloats() of any task
   uint32_t max_rows = 0;       // largest row_end - row_begin of any task
 };

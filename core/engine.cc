@@ -29,6 +29,38 @@ constexpr size_t kHugePage = size_t{2} << 20;
 
 size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
+// The session rules of ValidateSequence (engine.h).
+absl::Status ValidateChunk(const ModelConfig& config, const SequenceInput& seq) {
+  const KvCache& cache = *seq.cache;
+  if (!seq.mask.causal || !seq.mask.edges.empty()) {
+    return absl::InvalidArgumentError(
+        "a session's chunk attends causally: expected mask.causal and no mask.edges");
+  }
+  if (seq.pooling != Pooling::kNone) {
+    return absl::InvalidArgumentError("a session's chunk cannot be pooled: expected pooling none");
+  }
+  if (seq.mask.window != 0 && cache.capacity() < seq.mask.window) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the session's cache holds ", cache.capacity(), " rows; window ", seq.mask.window,
+        " needs that many"));
+  }
+  const uint64_t end = cache.positions() + seq.length;  // one past the chunk's last position
+  if (seq.mask.window == 0 && end > cache.capacity()) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "the session would hold ", end, " rows; its cache (window 0: every row) holds ",
+        cache.capacity()));
+  }
+  if ((config.positional == Positional::kSinusoidal ||
+       config.positional == Positional::kLearned) &&
+      end > config.max_length) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "the session would reach position ", end - 1, "; the model's ",
+        std::string(ToString(config.positional)), " positions end at max_length ",
+        config.max_length));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 void* AllocatePages(size_t bytes, size_t align) {
@@ -70,7 +102,9 @@ absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& se
         "input has ", seq.data.size(), " values; expected rows * d_model = ",
         seq.length, " * ", d, " = ", uint64_t{seq.length} * d));
   }
-  if (config.positional != Positional::kNone && seq.length > config.max_length) {
+  if (seq.cache != nullptr) {
+    if (absl::Status st = ValidateChunk(config, seq); !st.ok()) return st;
+  } else if (config.positional != Positional::kNone && seq.length > config.max_length) {
     return absl::OutOfRangeError(absl::StrCat(
         "sequence length ", seq.length, " exceeds the model's max_length ",
         config.max_length, " (", std::string(ToString(config.positional)),
@@ -118,12 +152,12 @@ std::span<float> OutputRows(const SequenceInput& in, uint32_t rows, size_t d_mod
 }
 
 uint64_t SequenceBytes(const ModelConfig& config, const SequenceInput& seq) {
-  const uint64_t L = seq.length, d = config.d_model;
+  const uint64_t L = seq.length, d = config.d_model, keys = KeyCount(seq);
   const uint64_t rows = OutputRowCount(seq);
   const uint64_t matrices = seq.weights == WeightsMode::kPerHead ? config.num_heads
                             : seq.weights == WeightsMode::kMean  ? 1
                                                                  : 0;
-  return (L * d + rows * d + matrices * L * L) * sizeof(float);
+  return (L * d + rows * d + matrices * L * keys) * sizeof(float);
 }
 
 absl::Status ValidateBatch(const ModelConfig& config, std::span<const SequenceInput> batch) {

@@ -5,6 +5,7 @@
 #ifndef ATTNSERVE_CORE_ENGINE_H_
 #define ATTNSERVE_CORE_ENGINE_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -14,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/kv_cache.h"
 #include "core/model.h"
 #include "core/page_allocator.h"
 
@@ -50,14 +52,36 @@ struct SequenceInput {
   // for non-finite values. The size, length and edge checks, which guard
   // memory, run regardless.
   bool values_checked = false;
+  // A streaming session's chunk: `data` holds the session's next `length`
+  // rows, at absolute positions [cache->positions(), + length). They attend
+  // over themselves and the cached keys and values of the rows before them
+  // (the last mask.window of them; all when window is 0), with positions and
+  // rotary angles counted from the session's first row; on success the
+  // engine stores their keys and values in the cache and advances it. The
+  // mask must be causal without edges, pooling kNone, and cache->row_bytes()
+  // the engine's KvRowBytes(). Not owned; one sequence per cache per batch.
+  KvCache* cache = nullptr;
 };
+
+// The rows of the session's cache a chunk attends over (0 without a cache):
+// the latest `window` of them, or all when the window is 0.
+inline uint32_t CachedKeyCount(const SequenceInput& seq) {
+  if (seq.cache == nullptr) return 0;
+  const uint32_t held = seq.cache->rows();
+  return seq.mask.window == 0 ? held : std::min(held, seq.mask.window);
+}
+
+// The keys a sequence's rows are scored against: its own rows plus those
+// cached ones. Its weights matrices are length x KeyCount.
+inline uint32_t KeyCount(const SequenceInput& seq) { return seq.length + CachedKeyCount(seq); }
 
 // The rows of a sequence's output: its length, or 1 when pooled.
 inline uint32_t OutputRowCount(const SequenceInput& seq) {
   return seq.pooling == Pooling::kNone ? seq.length : 1;
 }
 
-// One L x L matrix of attention weights, row-major.
+// One L x L matrix of attention weights, row-major (L x KeyCount for a
+// session's chunk: columns are the cached keys, oldest first, then its own).
 using WeightsMatrix = std::vector<float, DefaultInitAllocator<float>>;
 
 struct SequenceOutput {
@@ -79,6 +103,11 @@ struct SequenceOutput {
 // a positional encoding: OUT_OF_RANGE; an output_buffer of the wrong size:
 // INVALID_ARGUMENT. Messages say what was expected. The scan for non-finite
 // values is skipped when `values_checked` is set.
+// With a cache (a session's chunk): a mask that is not causal or has edges,
+// pooling, or a cache with fewer rows than the window: INVALID_ARGUMENT;
+// positions past the cache (window 0: it holds every row) or, for sinusoidal
+// and learned positions, past max_length: OUT_OF_RANGE. Rotary and no
+// positions have no length limit in a session.
 absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& seq);
 
 // Where a sequence's `rows` x d_model output goes: its output_buffer when the
@@ -88,7 +117,7 @@ std::span<float> OutputRows(const SequenceInput& in, uint32_t rows, size_t d_mod
 
 // The bytes a sequence occupies from admission to reply, for memory budgets:
 // its input, its output (rows x d_model) and the attention weights its mode
-// asks for (num_heads, or 1 for the mean, L x L matrices), all floats.
+// asks for (num_heads, or 1 for the mean, L x KeyCount matrices), all floats.
 uint64_t SequenceBytes(const ModelConfig& config, const SequenceInput& seq);
 
 // ValidateSequence for each sequence; the first failure's code, its message
@@ -112,6 +141,11 @@ class Engine {
   // failed call leaves the engine ready for the next one.
   virtual absl::StatusOr<std::vector<SequenceOutput>> Run(
       std::span<const SequenceInput> batch) = 0;
+
+  // Bytes of one row of a session's KvCache (its key and value), or 0 when
+  // the engine does not compute sessions (Run then refuses a sequence with
+  // a cache: UNIMPLEMENTED).
+  virtual size_t KvRowBytes() const { return 0; }
 
   // How the engine computes, for startup logs (e.g. "bf16 (avx512_core_bf16;
   // projections and attention)").

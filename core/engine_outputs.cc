@@ -7,7 +7,7 @@
 namespace attnserve::core {
 
 void AllocateOutputs(const ModelConfig& c, const SequenceInput& in, SequenceOutput& out) {
-  const size_t L = in.length;
+  const size_t L = in.length, keys = KeyCount(in);
   try {
     OutputRows(in, OutputRowCount(in), c.d_model, out);
     const size_t matrices = in.weights == WeightsMode::kPerHead ? c.num_heads
@@ -17,7 +17,7 @@ void AllocateOutputs(const ModelConfig& c, const SequenceInput& in, SequenceOutp
     // Uninitialized (no zero-fill pass): the attention tasks write every
     // entry exactly once, and the first touch of the pages happens on all
     // threads (in the tasks, or for huge outputs in PrefaultLargeOutputs).
-    for (WeightsMatrix& m : out.attention) m.resize(L * L);
+    for (WeightsMatrix& m : out.attention) m.resize(L * keys);
   } catch (...) {
     out = SequenceOutput();
     throw;
@@ -63,22 +63,22 @@ void UnpackOutputs(std::span<const SequenceInput> batch, const AttentionPlan& pl
     return in.output_buffer.empty() ? std::span<float>(out.output) : in.output_buffer;
   };
 #pragma omp parallel for num_threads(num_threads) schedule(static) \
-    if (plan.total_tokens * d >= kParallelUnpackFloats)
+    if (plan.total_queries * d >= kParallelUnpackFloats)
   for (size_t s = 0; s < batch.size(); ++s) {
     const SequencePlan& sp = plan.seqs[s];
-    const float* rows = y + sp.offset * d;
+    const float* rows = y + sp.out_offset * d;
     const std::span<float> dst = rows_of(batch[s], outs[s]);
     if (batch[s].pooling == Pooling::kNone) {
-      std::copy_n(rows, size_t{sp.length} * d, dst.data());
+      std::copy_n(rows, size_t{sp.queries()} * d, dst.data());
     } else if (batch[s].pooling == Pooling::kFirst) {
       std::copy_n(rows, d, dst.data());
     } else {
       double* sum = sums + size_t(omp_get_thread_num()) * d;
       std::fill_n(sum, d, 0.0);
-      for (uint32_t i = 0; i < sp.length; ++i) {
+      for (uint32_t i = 0; i < sp.queries(); ++i) {
         for (size_t k = 0; k < d; ++k) sum[k] += rows[i * d + k];
       }
-      for (size_t k = 0; k < d; ++k) dst[k] = static_cast<float>(sum[k] / sp.length);
+      for (size_t k = 0; k < d; ++k) dst[k] = static_cast<float>(sum[k] / sp.queries());
     }
   }
 }

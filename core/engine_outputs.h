@@ -26,7 +26,7 @@ void AllocateOutputs(const ModelConfig& config, const SequenceInput& in, Sequenc
 void PrefaultLargeOutputs(std::vector<SequenceOutput>& outs, size_t prefault_bytes,
                           int num_threads);
 
-// Copies each sequence's rows of `y` (plan.total_tokens x d, packed as in
+// Copies each sequence's rows of `y` (plan.total_queries x d, packed as in
 // `plan`) into its output, pooled where asked. `sums`: num_threads x d
 // doubles of scratch. REQUIRES: `outs` sized by AllocateOutputs.
 void UnpackOutputs(std::span<const SequenceInput> batch, const AttentionPlan& plan,

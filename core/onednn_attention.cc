@@ -227,7 +227,8 @@ void OneDnnAttention::AttendWhole(const SequencePlan& sp, const AttentionTask& t
   // The block's rows of the returned weights (uninitialized until written).
   float* w = seq.weights == WeightsMode::kNone
                  ? nullptr
-                 : outs[task.seq].attention[mean ? 0 : head].data() + task.row_begin * L;
+                 : outs[task.seq].attention[mean ? 0 : head].data() +
+                       size_t{task.row_begin - sp.first_query} * L;
   // Per-head weights over every key: the block's rows x L entries are
   // contiguous in the output, so the scores are computed, normalized and read
   // by P.V right there, with no copy.
@@ -247,7 +248,7 @@ void OneDnnAttention::AttendWhole(const SequencePlan& sp, const AttentionTask& t
     FinishRow(row, r, width, ts);
   }
   clock.Lap(ts.times.normalize);
-  float* ctx = context + (sp.offset + task.row_begin) * d + head * dh;
+  float* ctx = context + (sp.out_offset + task.row_begin - sp.first_query) * d + head * dh;
   Context(sp, task, head, qkv, ProbsFor(scores, ts), task.key_begin, width, ctx, false, ts);
   clock.Lap(ts.times.context);
   if (w == nullptr || in_place) return;
@@ -289,7 +290,7 @@ void OneDnnAttention::AttendTiled(const SequencePlan& sp, const AttentionTask& t
   const RowStats stats{stats_mem, stats_mem + rows, stats_mem + 2 * rows};
   std::fill_n(stats.max, rows, -std::numeric_limits<float>::infinity());
   std::fill_n(stats.sum, rows, 0.0f);
-  float* ctx = context + (sp.offset + task.row_begin) * d + head * dh;
+  float* ctx = context + (sp.out_offset + task.row_begin - sp.first_query) * d + head * dh;
   for (uint32_t kb = task.key_begin; kb < task.key_end; kb += task.key_tile) {
     const uint32_t width = std::min(task.key_tile, task.key_end - kb);
     const bool first = kb == task.key_begin;

@@ -40,10 +40,11 @@ class OneDnnAttention {
       std::shared_ptr<const Model> model, const dnnl::engine& eng, bool bf16,
       int num_threads, bool profile = false);
 
-  // Computes every task of `plan`. `qkv`: T x 3d (q | k | v per token), bf16
-  // when created with bf16 = true, else f32; `context`: T x d f32, every row
-  // written. Weights go to outs[s].attention for sequences that ask for them
-  // (pre-sized to L x L per matrix by the caller, contents unspecified: every
+  // Computes every task of `plan`. `qkv`: plan.total_tokens x 3d (q | k | v
+  // per key row; a chunk's cached rows need only k and v), bf16 when created
+  // with bf16 = true, else f32; `context`: plan.total_queries x d f32, every
+  // row written. Weights go to outs[s].attention for sequences that ask for them
+  // (pre-sized to queries x keys per matrix by the caller, contents unspecified: every
   // entry is written here; kMean is summed over heads by one task per row
   // block). Throws dnnl::error or std::bad_alloc on failure.
   void Run(const AttentionPlan& plan, const void* qkv, float* context,

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <atomic>
 #include <mutex>
 #include <new>
@@ -98,7 +99,10 @@ struct OneDnnEngine::Impl {
   // Packed input x [T, d] (x_type); after the QKV projection it is dead and
   // holds the output projection's input or output instead (see RunLocked).
   ScratchBuffer x_buf;
-  ScratchBuffer qkv_buf;  // [T, 3d], qkv_type
+  ScratchBuffer qkv_buf;  // [T, 3d], qkv_type: every key row of the plan
+  // [Tq, 3d], qkv_type: the queries' own Q/K/V, when some session chunk has
+  // cached keys to be placed before its rows in qkv_buf.
+  ScratchBuffer new_qkv_buf;
   ScratchBuffer ctx_buf;  // [T, d] f32
   // Per-thread rows for the parallel regions (nothing is allocated inside
   // one: an exception there would be std::terminate): num_threads x d floats
@@ -115,6 +119,12 @@ struct OneDnnEngine::Impl {
   void Project(const Projection& p, const void* src, memory::dim rows, void* dst);
   void PackInput(const AttentionPlan& plan);
   void ComputeQkv(const AttentionPlan& plan);
+  // Moves the queries' Q/K/V from new_qkv_buf to their rows of qkv_buf and
+  // puts each chunk's cached keys and values before them.
+  void PlaceCachedKeys(const AttentionPlan& plan);
+  // Stores each chunk's keys and values in its session's cache (the last
+  // capacity of them) and advances it.
+  void UpdateCaches(const AttentionPlan& plan);
   // Computes `batch` into `outs`, pre-sized by AllocateOutputs
   // (engine_outputs.h). Throws
   // dnnl::error or std::bad_alloc.
@@ -288,20 +298,22 @@ void OneDnnEngine::Impl::Project(const Projection& p, const void* src, memory::d
 // sequence packs as fast as many short ones.
 void OneDnnEngine::Impl::PackInput(const AttentionPlan& plan) {
   const size_t d = model->config.d_model;
-  void* x = x_buf.Reserve(plan.total_tokens * d * Bytes(x_type));
+  void* x = x_buf.Reserve(plan.total_queries * d * Bytes(x_type));
   float* rows = row_buf.ReserveAs<float>(size_t(num_threads) * d);
 #pragma omp parallel num_threads(num_threads)
   {
     float* row = rows + size_t(omp_get_thread_num()) * d;
     for (const SequencePlan& sp : plan.seqs) {
+      const uint64_t base = sp.input->cache ? sp.input->cache->positions() : 0;
 #pragma omp for schedule(static) nowait
-      for (uint32_t p = 0; p < sp.length; ++p) {
+      for (uint32_t p = 0; p < sp.queries(); ++p) {
         const float* src = sp.input->data.data() + size_t{p} * d;
-        if (!positions.empty()) {
-          for (size_t k = 0; k < d; ++k) row[k] = src[k] + positions[p * d + k];
+        if (!positions.empty()) {  // validated: base + p < max_length
+          const float* pe = &positions[(base + p) * d];
+          for (size_t k = 0; k < d; ++k) row[k] = src[k] + pe[k];
           src = row;
         }
-        const size_t at = (sp.offset + p) * d;
+        const size_t at = (sp.out_offset + p) * d;
         if (x_type == dt::bf16) {
           kernels::ToBf16(src, static_cast<uint16_t*>(x) + at, d);
         } else {
@@ -316,8 +328,11 @@ void OneDnnEngine::Impl::PackInput(const AttentionPlan& plan) {
 // rotary encoding of q and k.
 void OneDnnEngine::Impl::ComputeQkv(const AttentionPlan& plan) {
   const ModelConfig& c = model->config;
-  const size_t d = c.d_model, T = plan.total_tokens, elem = Bytes(qkv_type);
-  char* qkv = static_cast<char*>(qkv_buf.Reserve(T * 3 * d * elem));
+  const size_t d = c.d_model, T = plan.total_queries, elem = Bytes(qkv_type);
+  // Without cached keys the queries are every key row, in order: project
+  // straight into place.
+  ScratchBuffer& dst = plan.has_cached_keys ? new_qkv_buf : qkv_buf;
+  char* qkv = static_cast<char*>(dst.Reserve(T * 3 * d * elem));
   const char* x = static_cast<const char*>(x_buf.Reserve(0));
   if (qkv_proj) {
     Project(*qkv_proj, x, T, qkv);
@@ -336,22 +351,64 @@ void OneDnnEngine::Impl::ComputeQkv(const AttentionPlan& plan) {
   {
     float* head = heads + size_t(omp_get_thread_num()) * d;
     for (const SequencePlan& sp : plan.seqs) {
+      // Absolute positions: a session's chunk goes on from its cache.
+      const uint64_t base = sp.input->cache ? sp.input->cache->positions() : 0;
 #pragma omp for schedule(static) nowait
-      for (uint32_t p = 0; p < sp.length; ++p) {
-        const size_t row = (sp.offset + p) * 3 * d;
+      for (uint32_t p = 0; p < sp.queries(); ++p) {
+        const size_t row = (sp.out_offset + p) * 3 * d;
         for (uint32_t h = 0; h < 2 * c.num_heads; ++h) {  // q heads, then k heads
           const size_t at = row + h * dh;
           if (qkv_type == dt::f32) {
-            rotary->Apply(reinterpret_cast<float*>(qkv) + at, p);
+            rotary->Apply(reinterpret_cast<float*>(qkv) + at, base + p);
           } else {  // rotate in f32, round once
             uint16_t* v = reinterpret_cast<uint16_t*>(qkv) + at;
             kernels::FromBf16(v, head, dh);
-            rotary->Apply(head, p);
+            rotary->Apply(head, base + p);
             kernels::ToBf16(head, v, dh);
           }
         }
       }
     }
+  }
+}
+
+void OneDnnEngine::Impl::PlaceCachedKeys(const AttentionPlan& plan) {
+  const size_t row_bytes = 3 * size_t{model->config.d_model} * Bytes(qkv_type);
+  const size_t kv_bytes = row_bytes / 3 * 2;  // k | v, as a cache row holds them
+  char* qkv = static_cast<char*>(qkv_buf.Reserve(plan.total_tokens * row_bytes));
+  const char* fresh = static_cast<const char*>(new_qkv_buf.Reserve(0));
+#pragma omp parallel num_threads(num_threads)
+  for (const SequencePlan& sp : plan.seqs) {
+    const KvCache* cache = sp.input->cache;
+#pragma omp for schedule(static) nowait
+    for (uint32_t j = 0; j < sp.length; ++j) {
+      char* dst = qkv + (sp.offset + j) * row_bytes;
+      if (j < sp.first_query) {  // cached: its q is never read
+        const uint64_t position = cache->positions() - sp.first_query + j;
+        std::memcpy(dst + row_bytes / 3, cache->Row(position), kv_bytes);
+      } else {
+        std::memcpy(dst, fresh + (sp.out_offset + j - sp.first_query) * row_bytes, row_bytes);
+      }
+    }
+  }
+}
+
+void OneDnnEngine::Impl::UpdateCaches(const AttentionPlan& plan) {
+  const size_t row_bytes = 3 * size_t{model->config.d_model} * Bytes(qkv_type);
+  const size_t kv_bytes = row_bytes / 3 * 2;
+  const char* qkv = static_cast<const char*>(qkv_buf.Reserve(0));
+  for (const SequencePlan& sp : plan.seqs) {
+    KvCache* cache = sp.input->cache;
+    if (cache == nullptr) continue;
+    // Rows older than the last capacity would be overwritten in the ring
+    // by newer ones of the same chunk: skip them.
+    const uint32_t n = sp.queries();
+    const uint32_t first = n > cache->capacity() ? n - cache->capacity() : 0;
+    for (uint32_t p = first; p < n; ++p) {
+      const char* src = qkv + (sp.offset + sp.first_query + p) * row_bytes + row_bytes / 3;
+      std::memcpy(cache->Row(cache->positions() + p), src, kv_bytes);
+    }
+    cache->Advance(n);
   }
 }
 
@@ -395,18 +452,22 @@ void OneDnnEngine::Impl::Compute(std::span<const SequenceInput> batch,
   omp_set_num_threads(num_threads);
   // On every exit: a huge batch's buffers are not kept for the next one.
   absl::Cleanup trim = [this] {
-    for (ScratchBuffer* b : {&x_buf, &qkv_buf, &ctx_buf}) b->Trim(kRetainedScratchBytes);
+    for (ScratchBuffer* b : {&x_buf, &qkv_buf, &new_qkv_buf, &ctx_buf}) {
+      b->Trim(kRetainedScratchBytes);
+    }
     attention->TrimScratch(kRetainedScratchBytes);
   };
   StageClock total(profiling), clock(profiling);
   double other = 0;  // planning: total minus the stages
   const AttentionPlan plan = MakeAttentionPlan(batch, c.num_heads, plan_options);
-  const size_t T = plan.total_tokens;
-  // 1-2. Pack the input, project to Q, K, V.
+  const size_t T = plan.total_queries;
+  // 1-2. Pack the input, project to Q, K, V (of the queries: a session's
+  // cached rows were projected with their own chunk).
   clock.Lap(other);
   PackInput(plan);
   clock.Lap(profile.pack);
   ComputeQkv(plan);
+  if (plan.has_cached_keys) PlaceCachedKeys(plan);
   clock.Lap(profile.qkv_projection);
   // 3. Attention per (sequence, row block, head) -> context [T, d].
   PrefaultLargeOutputs(outs, prefault_bytes, num_threads);
@@ -433,6 +494,9 @@ void OneDnnEngine::Impl::Compute(std::span<const SequenceInput> batch,
   // 5. Unpack (into the caller's buffers where given), pooling where asked.
   UnpackOutputs(batch, plan, y, d, num_threads, sum_buf.ReserveAs<double>(size_t(num_threads) * d),
                 outs);
+  // Last, once nothing can fail: a chunk that is not computed leaves its
+  // session's cache as it was.
+  UpdateCaches(plan);
   clock.Lap(profile.unpack);
   if (profiling) ++profile.runs;
   total.Lap(profile.total);
@@ -472,6 +536,14 @@ const Model& OneDnnEngine::model() const { return *impl_->model; }
 absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Run(
     std::span<const SequenceInput> batch) {
   if (absl::Status st = ValidateBatch(impl_->model->config, batch); !st.ok()) return st;
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const KvCache* cache = batch[s].cache;
+    if (cache != nullptr && cache->row_bytes() != KvRowBytes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequence ", s, ": its session cache has rows of ", cache->row_bytes(),
+          " bytes; this engine's are ", KvRowBytes()));
+    }
+  }
   std::lock_guard<std::mutex> lock(impl_->mu);
   // The one place exceptions from oneDNN or allocation are turned into
   // status. The engine stays usable: scratch buffers are either whole or
@@ -490,6 +562,10 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Run(
 }
 
 uint64_t OneDnnEngine::primitives_created() const { return impl_->primitives_created; }
+
+size_t OneDnnEngine::KvRowBytes() const {
+  return 2 * size_t{impl_->model->config.d_model} * Bytes(impl_->qkv_type);
+}
 
 std::string OneDnnEngine::compute_path() const { return impl_->compute_path; }
 

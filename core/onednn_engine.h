@@ -65,6 +65,10 @@ class OneDnnEngine : public Engine {
   absl::StatusOr<std::vector<SequenceOutput>> Run(
       std::span<const SequenceInput> batch) override;
 
+  // 2 x d_model x 4 bytes (fp32 attention) or 2 bytes (bf16 attention: dot
+  // relevance in a bf16 model on a CPU with native bf16).
+  size_t KvRowBytes() const override;
+
   // How many oneDNN primitives this engine has created since construction.
   // Constant in steady state: every primitive takes runtime shapes, so a
   // batch of any composition creates none.

@@ -18,7 +18,9 @@ std::vector<float> SinusoidalTable(uint32_t max_length, uint32_t d_model) {
 }
 
 RotaryTable::RotaryTable(uint32_t max_length, uint32_t d_head)
-    : half_(d_head / 2),
+    : max_length_(max_length),
+      d_head_(d_head),
+      half_(d_head / 2),
       cos_(size_t{max_length} * half_),
       sin_(size_t{max_length} * half_) {
   for (uint32_t p = 0; p < max_length; ++p) {
@@ -30,10 +32,21 @@ RotaryTable::RotaryTable(uint32_t max_length, uint32_t d_head)
   }
 }
 
-void RotaryTable::Apply(float* x, uint32_t pos) const {
+void RotaryTable::Apply(float* x, uint64_t pos) const {
+  float* x2 = x + half_;
+  if (pos >= max_length_) {
+    for (uint32_t i = 0; i < half_; ++i) {
+      const double theta = std::pow(10000.0, -2.0 * i / d_head_);
+      const auto c = static_cast<float>(std::cos(double(pos) * theta));
+      const auto s = static_cast<float>(std::sin(double(pos) * theta));
+      const float a = x[i], b = x2[i];
+      x[i] = a * c - b * s;
+      x2[i] = b * c + a * s;
+    }
+    return;
+  }
   const float* c = &cos_[size_t{pos} * half_];
   const float* s = &sin_[size_t{pos} * half_];
-  float* x2 = x + half_;
   for (uint32_t i = 0; i < half_; ++i) {
     const float a = x[i], b = x2[i];
     x[i] = a * c[i] - b * s[i];

@@ -21,11 +21,14 @@ class RotaryTable {
   // REQUIRES: d_head is even.
   RotaryTable(uint32_t max_length, uint32_t d_head);
 
-  // Rotates the d_head values at `x` (one head of q or k) for position `pos`.
-  // REQUIRES: pos < max_length.
-  void Apply(float* x, uint32_t pos) const;
+  // Rotates the d_head values at `x` (one head of q or k) for position `pos`:
+  // from the table below max_length, computed the same way (in double,
+  // rounded once) past it, where a session's positions go on.
+  void Apply(float* x, uint64_t pos) const;
 
  private:
+  uint32_t max_length_;
+  uint32_t d_head_;
   uint32_t half_;
   std::vector<float> cos_, sin_;  // max_length x half_
 };

@@ -68,6 +68,12 @@ class ReferenceEngine final : public Engine {
 
   absl::StatusOr<std::vector<SequenceOutput>> Run(
       std::span<const SequenceInput> batch) override {
+    for (const SequenceInput& seq : batch) {
+      if (seq.cache != nullptr) {
+        return absl::UnimplementedError(
+            "the reference engine computes whole sequences only, not a session's chunks");
+      }
+    }
     if (absl::Status st = ValidateBatch(model_->config, batch); !st.ok()) return st;
     std::vector<SequenceOutput> outputs;
     outputs.reserve(batch.size());
