@@ -39,16 +39,15 @@ absl::Status ValidateChunk(const ModelConfig& config, const SequenceInput& seq) 
   if (seq.pooling != Pooling::kNone) {
     return absl::InvalidArgumentError("a session's chunk cannot be pooled: expected pooling none");
   }
-  if (seq.mask.window != 0 && cache.capacity() < seq.mask.window) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the session's cache holds ", cache.capacity(), " rows; window ", seq.mask.window,
-        " needs that many"));
-  }
+  // A ring at least as long as the window keeps every row a later chunk can
+  // see; a shorter one (window 0: every row; or a session capped below its
+  // window) must never wrap.
   const uint64_t end = cache.positions() + seq.length;  // one past the chunk's last position
-  if (seq.mask.window == 0 && end > cache.capacity()) {
+  if ((seq.mask.window == 0 || cache.capacity() < seq.mask.window) && end > cache.capacity()) {
     return absl::OutOfRangeError(absl::StrCat(
-        "the session would hold ", end, " rows; its cache (window 0: every row) holds ",
-        cache.capacity()));
+        "the session would hold ", end, " rows; its cache holds ", cache.capacity(),
+        seq.mask.window == 0 ? " (window 0: every row)"
+                             : absl::StrCat(" (fewer than window ", seq.mask.window, ")")));
   }
   if ((config.positional == Positional::kSinusoidal ||
        config.positional == Positional::kLearned) &&

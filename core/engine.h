@@ -104,9 +104,9 @@ struct SequenceOutput {
 // INVALID_ARGUMENT. Messages say what was expected. The scan for non-finite
 // values is skipped when `values_checked` is set.
 // With a cache (a session's chunk): a mask that is not causal or has edges,
-// pooling, or a cache with fewer rows than the window: INVALID_ARGUMENT;
-// positions past the cache (window 0: it holds every row) or, for sinusoidal
-// and learned positions, past max_length: OUT_OF_RANGE. Rotary and no
+// or pooling: INVALID_ARGUMENT; positions past a cache that must hold every
+// row (window 0, or a cache shorter than the window) or, for sinusoidal and
+// learned positions, past max_length: OUT_OF_RANGE. Rotary and no
 // positions have no length limit in a session.
 absl::Status ValidateSequence(const ModelConfig& config, const SequenceInput& seq);
 

@@ -203,6 +203,19 @@ struct Metrics::Families {
                                "attnserve_model_load_failures_total",
                                "Model loads (at a repository poll or a LoadModel call) that "
                                "failed; the previous version, if any, keeps serving.")),
+        sessions_active(Register(prometheus::BuildGauge(), r, "attnserve_sessions_active",
+                                 "Streaming sessions open now.")
+                            .Add({})),
+        session_cache_bytes(
+            Register(prometheus::BuildGauge(), r, "attnserve_session_cache_bytes",
+                     "Bytes of key and value cache the open sessions reserve "
+                     "(each its largest, from its open).")
+                .Add({})),
+        session_appends(Register(prometheus::BuildCounter(), r, "attnserve_session_appends_total",
+                                 "Chunks appended to sessions and answered.")),
+        sessions_ended(Register(prometheus::BuildCounter(), r, "attnserve_sessions_ended_total",
+                                "Sessions ended, by reason: closed (by the client), idle, "
+                                "cancelled (client gone), error, draining.")),
         process(std::make_shared<ProcessCollector>()) {}
 
   Family<Counter>& requests;
@@ -217,6 +230,10 @@ struct Metrics::Families {
   Family<Gauge>& model_info;
   Family<Counter>& engine_failures;
   Family<Counter>& load_failures;
+  Gauge& sessions_active;
+  Gauge& session_cache_bytes;
+  Family<Counter>& session_appends;
+  Family<Counter>& sessions_ended;
   // Registered with the Exposer (which keeps only a weak_ptr), since a
   // prometheus-cpp Registry holds families, not custom collectables.
   std::shared_ptr<ProcessCollector> process;
@@ -324,6 +341,19 @@ void Metrics::EngineFailures(const std::string& model, const std::string& code,
 }
 
 void Metrics::InflightAdd(double delta) { families_->inflight.Increment(delta); }
+
+void Metrics::SetSessions(double active, double cache_bytes) {
+  families_->sessions_active.Set(active);
+  families_->session_cache_bytes.Set(cache_bytes);
+}
+
+void Metrics::SessionAppended(const std::string& model) {
+  families_->session_appends.Add({{"model", model}}).Increment();
+}
+
+void Metrics::SessionEnded(const std::string& reason) {
+  families_->sessions_ended.Add({{"reason", reason}}).Increment();
+}
 
 std::shared_ptr<prometheus::Registry> Metrics::registry() const { return registry_; }
 

@@ -71,6 +71,14 @@ class Metrics {
   // attnserve_inflight_requests: requests received and not yet answered.
   void InflightAdd(double delta);
 
+  // attnserve_sessions_active and attnserve_session_cache_bytes (reserved).
+  void SetSessions(double active, double cache_bytes);
+  // attnserve_session_appends_total{model} += 1: a chunk answered.
+  void SessionAppended(const std::string& model);
+  // attnserve_sessions_ended_total{reason} += 1; reason is one of closed,
+  // idle, cancelled, error, draining.
+  void SessionEnded(const std::string& reason);
+
   // The registry, for tests that collect and inspect values directly.
   std::shared_ptr<prometheus::Registry> registry() const;
 

@@ -52,6 +52,8 @@ class ServedModel {
   const std::string& version() const { return version_; }
   // The engine's compute path, for startup logs ("bf16 (avx512_core_bf16; ...)").
   std::string compute_path() const { return engine_->compute_path(); }
+  // Bytes of one row of a session's key/value cache; 0: no sessions.
+  size_t kv_row_bytes() const { return engine_->KvRowBytes(); }
 
   ~ServedModel();
 

@@ -60,6 +60,9 @@ absl::Status Validate(const ServerOptions& o) {
       {"drain-timeout-ms", o.drain_timeout_ms, 0, kNoMax},
       {"stream-window", o.stream_window, 1, kNoMax},
       {"stream-window-bytes", o.stream_window_bytes, 1, kNoMax},
+      {"max-sessions", o.max_sessions, 1, UINT32_MAX},
+      {"session-cache-bytes", o.session_cache_bytes, 1, kNoMax},
+      {"session-idle-timeout-s", o.session_idle_timeout_s, 0, int64_t{1} << 32},
       {"max-memory-bytes", o.max_memory_bytes, 0, kNoMax},  // 0 = DefaultMaxMemoryBytes()
       {"max-connection-age-ms", o.max_connection_age_ms, 0, kNoMax},
   };
@@ -218,6 +221,17 @@ absl::Status ParseServerOptions(int argc, const char* const* argv, ServerOptions
        "unwritten replies at which reading pauses until replies are written (suffixes Ki, Mi, "
        "Gi); a single larger message is still read once the stream holds less")
       ->transform(CLI::AsSizeValue(false));
+  Flag(app, "max-sessions", o.max_sessions,
+       "Most streaming sessions (Attention.Session) open at once; an open beyond it fails "
+       "with RESOURCE_EXHAUSTED");
+  Flag(app, "session-cache-bytes", o.session_cache_bytes,
+       "Bytes of key/value cache all open sessions may reserve (suffixes Ki, Mi, Gi); each "
+       "reserves its largest cache (2 x rows kept x d_model x 4 bytes, 2 in bf16) when it "
+       "opens, and an open that does not fit fails with RESOURCE_EXHAUSTED (nothing is evicted)")
+      ->transform(CLI::AsSizeValue(false));
+  Flag(app, "session-idle-timeout-s", o.session_idle_timeout_s,
+       "Seconds a session may receive nothing (and compute nothing) before the server ends it "
+       "with DEADLINE_EXCEEDED and frees its cache; 0 = never");
   Flag(app, "max-memory-bytes", o.max_memory_bytes,
        "gRPC's memory quota for message buffers and call state (suffixes Ki, Mi, Gi; 0 = a "
        "quarter of the container's memory limit, or 1 GiB without one); beyond it calls "

@@ -46,6 +46,12 @@ struct ServerOptions {
   // until replies are written. A message is never refused for its size: one
   // larger than this is read once the stream holds less.
   int64_t stream_window_bytes = int64_t{64} << 20;
+  // Streaming sessions (Attention.Session): most open at once, total bytes
+  // of key/value cache they may reserve (each its largest, at open), and
+  // seconds one may receive nothing before it is ended (0 = never).
+  int64_t max_sessions = 1024;
+  int64_t session_cache_bytes = int64_t{1} << 30;
+  int64_t session_idle_timeout_s = 300;
   // gRPC's memory quota (ResourceQuota), bytes: the transport's buffers of
   // incoming and outgoing messages and call state. 0 = the default:
   // DefaultMaxMemoryBytes().
@@ -57,6 +63,9 @@ struct ServerOptions {
   // Makes each model's engine; empty = the oneDNN engine. Not a flag: the
   // seam through which in-process tests serve a failing or slow engine.
   EngineFactory engine_factory;
+  // The clock of sessions' idle times; null = real time. Not a flag: the
+  // seam through which tests end idle sessions on a FakeClock.
+  Clock* session_clock = nullptr;
   // TLS, mTLS, tokens, authorization policy, health port, reflection.
   SecurityOptions security;
 };

@@ -90,6 +90,10 @@ absl::StatusOr<std::unique_ptr<AttnServer>> AttnServer::Start(const ServerOption
   service_options.max_message_bytes = options.max_message_bytes;
   service_options.stream_window = options.stream_window;
   service_options.stream_window_bytes = options.stream_window_bytes;
+  service_options.sessions.max_sessions = static_cast<uint32_t>(options.max_sessions);
+  service_options.sessions.cache_bytes = static_cast<uint64_t>(options.session_cache_bytes);
+  service_options.sessions.idle_timeout_us = options.session_idle_timeout_s * 1'000'000;
+  service_options.session_clock = options.session_clock;
   s->service_ = std::make_unique<AttentionService>(s->registry_.get(), s->metrics_.get(),
                                                    &s->clock_, service_options);
   s->v2_service_ = std::make_unique<InferenceService>(

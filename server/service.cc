@@ -139,6 +139,8 @@ AttentionService::AttentionService(ModelRegistry* registry, Metrics* metrics, Cl
       options_(options),
       hooks_(std::move(hooks)),
       id_prefix_(absl::StrCat(absl::Hex(std::random_device{}(), absl::kZeroPad8), "-")),
+      sessions_(std::make_unique<SessionTable>(
+          options.sessions, options.session_clock ? options.session_clock : clock, metrics)),
       failure_log_limiter_(kFailureLogsPerSecond, clock) {}
 
 std::string AttentionService::NewRequestId() {
@@ -348,7 +350,10 @@ void AttentionService::ReleaseUnsent(int64_t n) {
   if (unsent_ == 0) idle_cv_.notify_all();
 }
 
-void AttentionService::StartDraining() { draining_.store(true); }
+void AttentionService::StartDraining() {
+  draining_.store(true);  // before the table tells the sessions: see SessionCall::Open
+  sessions_->StartDraining();
+}
 
 int64_t AttentionService::last_refusal_us() const { return last_refusal_us_.load(); }
 

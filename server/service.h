@@ -46,6 +46,7 @@
 #include "server/logging.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
+#include "server/sessions.h"
 
 namespace attnserve::server {
 
@@ -57,6 +58,13 @@ struct ServiceOptions {
   // Bytes of one AttendStream's held messages and replies at which reading
   // pauses (--stream-window-bytes). >= 1.
   uint64_t stream_window_bytes = uint64_t{64} << 20;
+  // Streaming sessions' limits (--max-sessions, --session-cache-bytes,
+  // --session-idle-timeout-s).
+  SessionOptions sessions;
+  // The clock of sessions' idle times; null = the service's. Not a flag:
+  // tests end idle sessions on a FakeClock while everything else runs on
+  // real time.
+  Clock* session_clock = nullptr;
 };
 
 // Test seams; each optional.
@@ -73,7 +81,8 @@ struct ServiceHooks {
 class AttentionService final
     : public v1::Attention::WithRawCallbackMethod_Attend<
           v1::Attention::WithRawCallbackMethod_AttendStream<
-              v1::Attention::WithCallbackMethod_ListModels<v1::Attention::Service>>> {
+              v1::Attention::WithRawCallbackMethod_Session<
+                  v1::Attention::WithCallbackMethod_ListModels<v1::Attention::Service>>>> {
  public:
   // `registry`, `metrics` and `clock` must outlive the service.
   AttentionService(ModelRegistry* registry, Metrics* metrics, Clock* clock,
@@ -84,12 +93,20 @@ class AttentionService final
                                    grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* AttendStream(
       grpc::CallbackServerContext* context) override;
+  // A streaming session (session_call.cc): the first message opens it, each
+  // later one appends a chunk answered with its rows.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(
+      grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const v1::ListModelsRequest* request,
                                        v1::ListModelsResponse* response) override;
 
   // From now on new requests fail with UNAVAILABLE; accepted ones go on.
+  // Open sessions answer the chunks they received, then end (UNAVAILABLE).
   void StartDraining();
+
+  // The open sessions and their limits.
+  const SessionTable& sessions() const { return *sessions_; }
 
   // Clock time of the last request refused because of draining (0: none).
   int64_t last_refusal_us() const;
@@ -102,6 +119,7 @@ class AttentionService final
  private:
   class UnaryCall;
   class StreamCall;
+  class SessionCall;
 
   // What the batch thread needs of the call a request came on. Shared with
   // the call's reactor, so it outlives the call (never the raw context).
@@ -169,6 +187,7 @@ class AttentionService final
   const ServiceOptions options_;
   const ServiceHooks hooks_;
   const std::string id_prefix_;  // random per process, so ids are unique across restarts
+  const std::unique_ptr<SessionTable> sessions_;
 
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> last_refusal_us_{0};

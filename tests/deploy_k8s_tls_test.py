@@ -165,7 +165,7 @@ class TlsOverlayTest(unittest.TestCase):
             self.assertEqual(set(rule) - {"name", "source", "request"}, set(), rule)
             for path in rule.get("request", {}).get("paths", []):
                 self.assertRegex(path, r"^/attnserve\.v1\.Attention/(Attend|AttendStream|"
-                                       r"ListModels)$")
+                                       r"Session|ListModels)$")
 
     @unittest.skipUnless(BINARY, "ATTNSERVE_BINARY not set (ctest sets it)")
     def test_overlay_flags_are_server_flags(self):

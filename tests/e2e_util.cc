@@ -333,6 +333,16 @@ double CounterValue(server::Metrics& metrics, const std::string& family,
   return 0;
 }
 
+double GaugeValue(server::Metrics& metrics, const std::string& family) {
+  for (const prometheus::MetricFamily& f : metrics.registry()->Collect()) {
+    if (f.name != family) continue;
+    for (const prometheus::ClientMetric& m : f.metric) {
+      if (m.label.empty()) return m.gauge.value;
+    }
+  }
+  return -1;
+}
+
 absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
     const std::vector<std::string>& argv, const std::vector<std::string>& env) {
   std::vector<std::string> environment;

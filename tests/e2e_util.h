@@ -126,6 +126,9 @@ grpc::Status ReflectionListServices(const std::shared_ptr<grpc::Channel>& channe
 double CounterValue(server::Metrics& metrics, const std::string& family,
                     const std::map<std::string, std::string>& labels);
 
+// The value of gauge `family` (no labels) in `metrics`; -1 when absent.
+double GaugeValue(server::Metrics& metrics, const std::string& family);
+
 // A child process (the attnserve binary) with stdout and stderr captured
 // into one buffer by a reader thread. The destructor SIGKILLs it if it still
 // runs, then reaps it. Thread-safe.

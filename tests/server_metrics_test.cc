@@ -349,7 +349,9 @@ TEST(MetricsTest, FamiliesHaveDesignNamesTypesAndHelp) {
       {"attnserve_tokens_total", prometheus::MetricType::Counter},
       {"attnserve_queue_depth", prometheus::MetricType::Gauge},
       {"attnserve_inflight_requests", prometheus::MetricType::Gauge},
-      {"attnserve_model_info", prometheus::MetricType::Gauge}};
+      {"attnserve_model_info", prometheus::MetricType::Gauge},
+      {"attnserve_sessions_active", prometheus::MetricType::Gauge},
+      {"attnserve_session_cache_bytes", prometheus::MetricType::Gauge}};
   const auto all = Collect(metrics);
   EXPECT_EQ(all.size(), expected.size());
   for (const auto& [name, type] : expected) {
@@ -359,6 +361,21 @@ TEST(MetricsTest, FamiliesHaveDesignNamesTypesAndHelp) {
     EXPECT_EQ(family->type, type);
     EXPECT_FALSE(family->help.empty());
   }
+}
+
+TEST(MetricsTest, SessionSeries) {
+  Metrics metrics;
+  EXPECT_DOUBLE_EQ(Series(metrics, "attnserve_sessions_active", {}).gauge.value, 0);
+  metrics.SetSessions(3, 3 << 20);
+  metrics.SessionAppended("demo");
+  metrics.SessionAppended("demo");
+  metrics.SessionEnded("idle");
+  EXPECT_DOUBLE_EQ(Series(metrics, "attnserve_sessions_active", {}).gauge.value, 3);
+  EXPECT_DOUBLE_EQ(Series(metrics, "attnserve_session_cache_bytes", {}).gauge.value, 3 << 20);
+  EXPECT_DOUBLE_EQ(
+      Series(metrics, "attnserve_session_appends_total", {{"model", "demo"}}).counter.value, 2);
+  EXPECT_DOUBLE_EQ(
+      Series(metrics, "attnserve_sessions_ended_total", {{"reason", "idle"}}).counter.value, 1);
 }
 
 TEST(MetricsTest, ServesMetricsOverHttp) {
