@@ -44,6 +44,12 @@ uint32_t SequencePlan::KeyEnd(uint32_t i) const {
   return end;
 }
 
+uint32_t SequencePlan::RunEnd(uint32_t key) const {
+  if (ring == nullptr || key >= first_query) return length;
+  const uint64_t slot = (ring->positions() - first_query + key) % ring->capacity();
+  return static_cast<uint32_t>(std::min<uint64_t>(first_query, key + (ring->capacity() - slot)));
+}
+
 size_t AttentionTask::TileFloats() const {
   return size_t{row_end - row_begin} * std::min(key_end - key_begin, key_tile);
 }
@@ -92,11 +98,12 @@ AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t n
     sp.out_offset = plan.total_queries;
     sp.first_query = CachedKeyCount(batch[s]);
     sp.length = KeyCount(batch[s]);
-    plan.total_tokens += sp.length;
-    plan.total_queries += batch[s].length;
-    plan.has_cached_keys = plan.has_cached_keys || sp.first_query > 0;
-    BuildEdges(batch[s].mask, sp.length, sp);
     const bool weights = batch[s].weights != WeightsMode::kNone;
+    if (sp.first_query > 0 && !weights) sp.ring = batch[s].cache;
+    plan.total_tokens += sp.length - sp.packed_key0();
+    plan.total_queries += batch[s].length;
+    plan.has_cached_keys = plan.has_cached_keys || (sp.first_query > 0 && weights);
+    BuildEdges(batch[s].mask, sp.length, sp);
     const uint32_t rows = BlockRows(batch[s], max_rows, options);
     const bool fits = weights || size_t{rows} * sp.length <= options.block_floats;
     const uint32_t key_tile = fits ? sp.length : options.key_tile;
@@ -111,6 +118,7 @@ AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t n
       task.key_begin = sp.KeyBegin(task.row_begin);
       task.key_end = sp.KeyEnd(task.row_end - 1);
       task.key_tile = key_tile;
+      task.ring = sp.ring != nullptr;
       plan.max_tile_floats = std::max(plan.max_tile_floats, task.TileFloats());
       plan.max_rows = std::max(plan.max_rows, task.row_end - task.row_begin);
       for (uint32_t h = 0; h < num_heads; h += heads_per_task) {

@@ -21,13 +21,35 @@ namespace attnserve::core {
 // its own; otherwise its own rows alone (first_query = 0). Queries are the
 // rows [first_query, length), the only ones projected, attended from and
 // output. Row indices below (i, keys) count from the first key.
+//
+// A chunk's cached keys are either read from its session's ring where they
+// are (`ring` set: a chunk whose weights are not returned; its tasks stream
+// keys in tiles that never straddle the ring's wrap or the cached/own
+// boundary) or copied into the packed Q/K/V before its own rows (the
+// engine's PlaceCachedKeys: a chunk whose weights are returned, whose score
+// rows must be whole).
 struct SequencePlan {
   const SequenceInput* input = nullptr;
-  size_t offset = 0;      // row of the first key in the packed Q/K/V
+  size_t offset = 0;      // row of key `packed_key0` in the packed Q/K/V
   size_t out_offset = 0;  // row of the first query in the packed input and context
   uint32_t length = 0;    // keys: first_query + input->length
   uint32_t first_query = 0;
+  const KvCache* ring = nullptr;  // keys [0, first_query) are read from here
   uint32_t queries() const { return length - first_query; }
+  // The first key held in the packed Q/K/V: first_query when read from the
+  // ring, else 0.
+  uint32_t packed_key0() const { return ring != nullptr ? first_query : 0; }
+  // Row of key j >= packed_key0() in the packed Q/K/V.
+  size_t PackedRow(uint32_t j) const { return offset + (j - packed_key0()); }
+  // Where the run of keys starting at `key` (< length) stays in one place:
+  // one past its last key (the ring's wrap, the end of the cached keys, or
+  // `length`).
+  uint32_t RunEnd(uint32_t key) const;
+  // The ring slot (its key, then value) of cached key j < first_query.
+  // REQUIRES: ring.
+  const char* RingRow(uint32_t j) const {
+    return ring->Row(ring->positions() - first_query + j);
+  }
   // Graph edges as CSR, each row's keys sorted and unique; both empty when the
   // mask has no edges (every key in the row's range is then allowed).
   std::vector<uint32_t> edge_offsets;  // length + 1
@@ -50,8 +72,11 @@ struct AttentionTask {
   // are returned); otherwise keys are streamed in tiles of this width with a
   // running (online) normalization, so memory does not grow with L.
   uint32_t key_tile = 0;
+  // Keys read from a session's ring: streamed in tiles (and runs), even
+  // when they would fit one.
+  bool ring = false;
 
-  bool tiled() const { return key_end - key_begin > key_tile; }
+  bool tiled() const { return ring || key_end - key_begin > key_tile; }
   // Score entries of one tile: rows x min(keys, key_tile).
   size_t TileFloats() const;
 };
@@ -73,9 +98,9 @@ struct PlanOptions {
 struct AttentionPlan {
   std::vector<SequencePlan> seqs;
   std::vector<AttentionTask> tasks;  // most expensive first
-  size_t total_tokens = 0;   // rows of the packed Q/K/V: every sequence's keys
+  size_t total_tokens = 0;   // rows of the packed Q/K/V: every key not read from a ring
   size_t total_queries = 0;  // rows of the packed input and context: the queries
-  bool has_cached_keys = false;  // some sequence is a session's chunk with cached keys
+  bool has_cached_keys = false;  // some chunk's cached keys are copied into the packed Q/K/V
   size_t max_tile_floats = 0;  // largest TileFloats() of any task
   uint32_t max_rows = 0;       // largest row_end - row_begin of any task
 };

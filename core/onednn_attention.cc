@@ -56,6 +56,9 @@ absl::StatusOr<std::unique_ptr<OneDnnAttention>> OneDnnAttention::Create(
   const auto probs_md = memory::desc({kRuntime, kRuntime}, act, memory::format_tag::ab);
   const auto v_md = memory::desc({kRuntime, dh}, act, {3 * d, 1});
   const auto ctx_md = memory::desc({kRuntime, dh}, dt::f32, {d, 1});
+  // A session's ring holds k | v rows (2d): the same matmuls over its stride.
+  const auto kt_ring_md = memory::desc({dh, kRuntime}, act, {1, 2 * d});
+  const auto v_ring_md = memory::desc({kRuntime, dh}, act, {2 * d, 1});
   try {
     dnnl::primitive_attr scores_attr;
     scores_attr.set_output_scales(0, {DNNL_RUNTIME_F32_VAL});
@@ -70,7 +73,10 @@ absl::StatusOr<std::unique_ptr<OneDnnAttention>> OneDnnAttention::Create(
     const dnnl::matmul::primitive_desc pds[] = {
         {dnnl::matmul::desc(q_md, kt_md, scores_md), scores_attr, eng},
         {dnnl::matmul::desc(probs_md, v_md, ctx_md), context_attr, eng},
-        {dnnl::matmul::desc(probs_md, v_md, ctx_md), acc_attr, eng}};
+        {dnnl::matmul::desc(probs_md, v_md, ctx_md), acc_attr, eng},
+        {dnnl::matmul::desc(q_md, kt_ring_md, scores_md), scores_attr, eng},
+        {dnnl::matmul::desc(probs_md, v_ring_md, ctx_md), context_attr, eng},
+        {dnnl::matmul::desc(probs_md, v_ring_md, ctx_md), acc_attr, eng}};
     for (const auto& pd : pds) {
       const std::string impl = pd.impl_info_str();
       if (impl.rfind("ref", 0) == 0) {
@@ -85,7 +91,10 @@ absl::StatusOr<std::unique_ptr<OneDnnAttention>> OneDnnAttention::Create(
     a->scores_prim_ = dnnl::matmul(pds[0]);
     a->context_prim_ = dnnl::matmul(pds[1]);
     a->context_acc_prim_ = dnnl::matmul(pds[2]);
-    a->primitives_created_ = 3;
+    a->scores_ring_prim_ = dnnl::matmul(pds[3]);
+    a->context_ring_prim_ = dnnl::matmul(pds[4]);
+    a->context_ring_acc_prim_ = dnnl::matmul(pds[5]);
+    a->primitives_created_ = 6;
   } catch (const dnnl::error& e) {
     return absl::InternalError(absl::StrCat("oneDNN has no ", bf16 ? "bf16" : "f32",
                                             " attention matmul here: ", e.what()));
@@ -162,24 +171,28 @@ void OneDnnAttention::Scores(const SequencePlan& sp, const AttentionTask& task, 
   const ModelConfig& c = model_->config;
   const size_t d = c.d_model, dh = c.d_head(), ld = 3 * d;
   const uint32_t rows = task.row_end - task.row_begin;
-  const size_t q_elem = (sp.offset + task.row_begin) * ld + head * dh;
-  const size_t k_elem = (sp.offset + key_begin) * ld + d + head * dh;
+  auto* base = static_cast<char*>(const_cast<void*>(qkv));
+  const char* q = base + (sp.PackedRow(task.row_begin) * ld + head * dh) * act_bytes_;
+  // The keys: in the session's ring (k | v rows) or in the packed Q/K/V.
+  const bool in_ring = key_begin < sp.packed_key0();
+  const size_t k_ld = in_ring ? 2 * d : ld;
+  const char* k = in_ring ? sp.RingRow(key_begin) + head * dh * act_bytes_
+                          : base + (sp.PackedRow(key_begin) * ld + d + head * dh) * act_bytes_;
   if (c.relevance == Relevance::kAdditive) {  // never bf16: see Create's callers
-    const float* q = static_cast<const float*>(qkv) + q_elem;
-    const float* k = static_cast<const float*>(qkv) + k_elem;
     const float* v = &model_->weights.additive_v[head * dh];
     for (uint32_t r = 0; r < rows; ++r) {
-      kernels::AdditiveScores(q + r * ld, k, ld, v, dh, width, scores + size_t{r} * width);
+      kernels::AdditiveScores(reinterpret_cast<const float*>(q) + r * ld,
+                              reinterpret_cast<const float*>(k), k_ld, v, dh, width,
+                              scores + size_t{r} * width);
     }
     return;
   }
-  auto* base = static_cast<char*>(const_cast<void*>(qkv));
   float scale = static_cast<float>(c.scale);
   memory scale_mem(memory::desc({1}, dt::f32, {1}), eng_, &scale);
-  memory q_mem(RowMajor(rows, dh, ld, act_type_), eng_, base + q_elem * act_bytes_);
-  memory kt_mem(Transposed(width, dh, ld, act_type_), eng_, base + k_elem * act_bytes_);
+  memory q_mem(RowMajor(rows, dh, ld, act_type_), eng_, const_cast<char*>(q));
+  memory kt_mem(Transposed(width, dh, k_ld, act_type_), eng_, const_cast<char*>(k));
   memory s_mem(RowMajor(rows, width, width, dt::f32), eng_, scores);
-  scores_prim_.execute(ts.stream, {{DNNL_ARG_SRC, q_mem},
+  (in_ring ? scores_ring_prim_ : scores_prim_).execute(ts.stream, {{DNNL_ARG_SRC, q_mem},
                                    {DNNL_ARG_WEIGHTS, kt_mem},
                                    {DNNL_ARG_DST, s_mem},
                                    {DNNL_ARG_ATTR_OUTPUT_SCALES, scale_mem}});
@@ -196,12 +209,15 @@ void OneDnnAttention::Context(const SequencePlan& sp, const AttentionTask& task,
   const size_t d = c.d_model, dh = c.d_head(), ld = 3 * d;
   const uint32_t rows = task.row_end - task.row_begin;
   auto* base = static_cast<char*>(const_cast<void*>(qkv));
-  const size_t v_elem = (sp.offset + key_begin) * ld + 2 * d + head * dh;
+  const bool in_ring = key_begin < sp.packed_key0();
+  const char* v = in_ring ? sp.RingRow(key_begin) + (d + head * dh) * act_bytes_
+                          : base + (sp.PackedRow(key_begin) * ld + 2 * d + head * dh) * act_bytes_;
   memory p_mem(RowMajor(rows, width, width, act_type_), eng_, const_cast<void*>(probs));
-  memory v_mem(RowMajor(width, dh, ld, act_type_), eng_, base + v_elem * act_bytes_);
+  memory v_mem(RowMajor(width, dh, in_ring ? 2 * d : ld, act_type_), eng_, const_cast<char*>(v));
   memory ctx_mem(RowMajor(rows, dh, d, dt::f32), eng_, ctx);
-  (accumulate ? context_acc_prim_ : context_prim_)
-      .execute(ts.stream, {{DNNL_ARG_SRC, p_mem}, {DNNL_ARG_WEIGHTS, v_mem}, {DNNL_ARG_DST, ctx_mem}});
+  const dnnl::matmul& prim = in_ring ? (accumulate ? context_ring_acc_prim_ : context_ring_prim_)
+                                     : (accumulate ? context_acc_prim_ : context_prim_);
+  prim.execute(ts.stream, {{DNNL_ARG_SRC, p_mem}, {DNNL_ARG_WEIGHTS, v_mem}, {DNNL_ARG_DST, ctx_mem}});
 }
 
 const void* OneDnnAttention::ProbsFor(float* scores, ThreadState& ts) const {
@@ -291,8 +307,10 @@ void OneDnnAttention::AttendTiled(const SequencePlan& sp, const AttentionTask& t
   std::fill_n(stats.max, rows, -std::numeric_limits<float>::infinity());
   std::fill_n(stats.sum, rows, 0.0f);
   float* ctx = context + (sp.out_offset + task.row_begin - sp.first_query) * d + head * dh;
-  for (uint32_t kb = task.key_begin; kb < task.key_end; kb += task.key_tile) {
-    const uint32_t width = std::min(task.key_tile, task.key_end - kb);
+  uint32_t width = 0;
+  for (uint32_t kb = task.key_begin; kb < task.key_end; kb += width) {
+    // A tile never straddles the ring's wrap or the cached/own boundary.
+    width = std::min({task.key_tile, task.key_end - kb, sp.RunEnd(kb) - kb});
     const bool first = kb == task.key_begin;
     Scores(sp, task, head, qkv, kb, width, scores, ts);
     clock.Lap(ts.times.scores);

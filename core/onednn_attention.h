@@ -110,6 +110,10 @@ class OneDnnAttention {
   dnnl::matmul scores_prim_;       // S = scale * Q K^T
   dnnl::matmul context_prim_;      // C = P V
   dnnl::matmul context_acc_prim_;  // C += P V (sum post-op)
+  // The same three with K and V in a session's ring (rows k | v, stride 2d).
+  dnnl::matmul scores_ring_prim_;
+  dnnl::matmul context_ring_prim_;
+  dnnl::matmul context_ring_acc_prim_;
   std::string impl_info_;
   int primitives_created_ = 0;
 

@@ -101,7 +101,7 @@ struct OneDnnEngine::Impl {
   ScratchBuffer x_buf;
   ScratchBuffer qkv_buf;  // [T, 3d], qkv_type: every key row of the plan
   // [Tq, 3d], qkv_type: the queries' own Q/K/V, when some session chunk has
-  // cached keys to be placed before its rows in qkv_buf.
+  // cached keys to be copied before its rows in qkv_buf.
   ScratchBuffer new_qkv_buf;
   ScratchBuffer ctx_buf;  // [T, d] f32
   // Per-thread rows for the parallel regions (nothing is allocated inside
@@ -120,7 +120,8 @@ struct OneDnnEngine::Impl {
   void PackInput(const AttentionPlan& plan);
   void ComputeQkv(const AttentionPlan& plan);
   // Moves the queries' Q/K/V from new_qkv_buf to their rows of qkv_buf and
-  // puts each chunk's cached keys and values before them.
+  // puts the cached keys and values of each chunk that returns weights
+  // before them (the others' are read from their rings).
   void PlaceCachedKeys(const AttentionPlan& plan);
   // Stores each chunk's keys and values in its session's cache (the last
   // capacity of them) and advances it.
@@ -295,12 +296,15 @@ void OneDnnEngine::Impl::Project(const Projection& p, const void* src, memory::d
 
 // Packs every sequence end to end into x_buf (x_type), adding the positional
 // encoding. Rows of every sequence are shared among the threads, so one long
-// sequence packs as fast as many short ones.
+// sequence packs as fast as many short ones; a small batch (a session's
+// chunk, a short request) packs on this thread alone, which costs less than
+// waking the others for a few microseconds of copying.
 void OneDnnEngine::Impl::PackInput(const AttentionPlan& plan) {
+  constexpr size_t kParallelPackFloats = size_t{1} << 16;  // as UnpackOutputs
   const size_t d = model->config.d_model;
   void* x = x_buf.Reserve(plan.total_queries * d * Bytes(x_type));
   float* rows = row_buf.ReserveAs<float>(size_t(num_threads) * d);
-#pragma omp parallel num_threads(num_threads)
+#pragma omp parallel num_threads(num_threads) if (plan.total_queries * d >= kParallelPackFloats)
   {
     float* row = rows + size_t(omp_get_thread_num()) * d;
     for (const SequencePlan& sp : plan.seqs) {
@@ -381,8 +385,8 @@ void OneDnnEngine::Impl::PlaceCachedKeys(const AttentionPlan& plan) {
   for (const SequencePlan& sp : plan.seqs) {
     const KvCache* cache = sp.input->cache;
 #pragma omp for schedule(static) nowait
-    for (uint32_t j = 0; j < sp.length; ++j) {
-      char* dst = qkv + (sp.offset + j) * row_bytes;
+    for (uint32_t j = sp.packed_key0(); j < sp.length; ++j) {  // read from a ring: not here
+      char* dst = qkv + sp.PackedRow(j) * row_bytes;
       if (j < sp.first_query) {  // cached: its q is never read
         const uint64_t position = cache->positions() - sp.first_query + j;
         std::memcpy(dst + row_bytes / 3, cache->Row(position), kv_bytes);
@@ -405,7 +409,7 @@ void OneDnnEngine::Impl::UpdateCaches(const AttentionPlan& plan) {
     const uint32_t n = sp.queries();
     const uint32_t first = n > cache->capacity() ? n - cache->capacity() : 0;
     for (uint32_t p = first; p < n; ++p) {
-      const char* src = qkv + (sp.offset + sp.first_query + p) * row_bytes + row_bytes / 3;
+      const char* src = qkv + sp.PackedRow(sp.first_query + p) * row_bytes + row_bytes / 3;
       std::memcpy(cache->Row(cache->positions() + p), src, kv_bytes);
     }
     cache->Advance(n);

@@ -108,6 +108,7 @@ class AttentionService::SessionCall final
     Act(Update([ok, &ended](SessionCall* s) {
       s->writes_.pop_front();
       s->writing_ = false;
+      if (s->idle_pending_) s->SetErrorLocked(std::move(s->idle_status_), "idle");
       if (!ok) {  // the client is gone: nothing more can be written or read
         s->broken_ = true;
         s->reads_done_ = true;
@@ -162,11 +163,12 @@ class AttentionService::SessionCall final
   class Hook final : public SessionTable::Listener {
    public:
     explicit Hook(SessionCall* call) : call_(call) {}
-    void OnIdle(int64_t idle_us) override {
-      if (SessionCall* c = Take()) {
-        c->Idle(idle_us);
-        c->Unref();
-      }
+    bool OnIdle(int64_t idle_us) override {
+      SessionCall* c = Take();
+      if (c == nullptr) return true;  // ended meanwhile
+      const bool ended = c->Idle(idle_us);
+      c->Unref();
+      return ended;
     }
     void OnDrain() override {
       if (SessionCall* c = Take()) {
@@ -257,17 +259,34 @@ class AttentionService::SessionCall final
     end_reason_ = reason;
   }
 
-  void Idle(int64_t idle_us) {
-    grpc::Status status(grpc::StatusCode::DEADLINE_EXCEEDED,
+  // SessionTable::Listener::OnIdle. A reply still being written usually
+  // ends at once (the client has read it; OnWriteDone has yet to run): the
+  // session then ends when it does. One still unwritten a whole idle timeout
+  // later sits on a client that stopped reading: the call is cancelled.
+  bool Idle(int64_t idle_us) {
+    grpc::Status status = IdleStatus(idle_us);
+    bool ended = true;
+    Act(Update([&](SessionCall* s) {
+      if (s->writing_ && !s->idle_pending_) {
+        s->idle_pending_ = true;
+        s->idle_status_ = std::move(status);
+        ended = false;
+        return;
+      }
+      s->idle_ended_ = true;
+      s->SetErrorLocked(s->idle_pending_ ? std::move(s->idle_status_) : std::move(status),
+                        "idle");
+    }));
+    return ended;
+  }
+
+  grpc::Status IdleStatus(int64_t idle_us) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                         absl::StrCat("session idle for ", idle_us / 1'000'000,
                                      " s (the server's --session-idle-timeout-s is ",
                                      service_->sessions_->options().idle_timeout_us / 1'000'000,
                                      " s); its cache was freed after ", positions(),
                                      " rows: open a new session"));
-    Act(Update([&status](SessionCall* s) {
-      s->idle_ended_ = true;
-      s->SetErrorLocked(std::move(status), "idle");
-    }));
   }
 
   void Drain() {
@@ -469,6 +488,10 @@ class AttentionService::SessionCall final
         s->set_batch_size(stats.batch_size);
         s->set_batch_tokens(stats.batch_tokens);
         out = absl::StatusOr<core::SequenceOutput>();  // free the engine's buffers first
+        {
+          std::lock_guard<std::mutex> lock(mu_);  // before the client can see the reply
+          positions_ = cache_->positions();
+        }
         error = QueueReply(reply);
         replied = error.ok();
       } catch (const std::bad_alloc&) {
@@ -487,7 +510,6 @@ class AttentionService::SessionCall final
     }
     Act(Update([&](SessionCall* s) {
       s->computing_ = false;
-      if (replied) s->positions_ = s->cache_->positions();
       if (!error.ok()) s->SetErrorLocked(std::move(error), "error");
     }));
     service_->EndRequest();
@@ -556,6 +578,10 @@ class AttentionService::SessionCall final
   bool computing_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool idle_ended_ ABSL_GUARDED_BY(mu_) = false;
+  // Idle while a reply was being written: the session ends with idle_status_
+  // when the write completes (or at the next idle check, cancelled).
+  bool idle_pending_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status idle_status_ ABSL_GUARDED_BY(mu_);
   bool cancel_sent_ ABSL_GUARDED_BY(mu_) = false;
   bool error_set_ ABSL_GUARDED_BY(mu_) = false;
   grpc::Status error_ ABSL_GUARDED_BY(mu_);

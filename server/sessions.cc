@@ -115,7 +115,12 @@ void SessionTable::IdleLoop() {
   while (!stopping_) {
     const int64_t now = clock_->NowMicros();
     int64_t next = std::numeric_limits<int64_t>::max();
-    std::vector<std::pair<std::shared_ptr<Listener>, int64_t>> expired;
+    struct Expired {
+      uint64_t id;
+      std::shared_ptr<Listener> listener;
+      int64_t idle_us;
+    };
+    std::vector<Expired> expired;
     for (auto& [id, e] : entries_) {
       if (e.busy || e.told) continue;
       const int64_t deadline = e.last_active_us + options_.idle_timeout_us;
@@ -124,13 +129,22 @@ void SessionTable::IdleLoop() {
         continue;
       }
       e.told = true;
-      if (auto l = e.listener.lock()) expired.emplace_back(std::move(l), now - e.last_active_us);
+      if (auto l = e.listener.lock()) expired.push_back({id, std::move(l), now - e.last_active_us});
     }
     if (!expired.empty()) {
       lock.unlock();
-      for (auto& [listener, idle_us] : expired) listener->OnIdle(idle_us);
+      std::vector<uint64_t> again;
+      for (Expired& x : expired) {
+        if (!x.listener->OnIdle(x.idle_us)) again.push_back(x.id);
+      }
       expired.clear();  // the last reference to a session's listener may go here, unlocked
       lock.lock();
+      for (uint64_t id : again) {  // ask again one idle timeout from now
+        auto it = entries_.find(id);
+        if (it == entries_.end()) continue;
+        it->second.told = false;
+        it->second.last_active_us = clock_->NowMicros();
+      }
       continue;
     }
     clock_->WaitUntil(cv_, lock, next);

@@ -42,8 +42,11 @@ class SessionTable {
   class Listener {
    public:
     virtual ~Listener() = default;
-    // Nothing received for `idle_us` and nothing computing: end the session.
-    virtual void OnIdle(int64_t idle_us) = 0;
+    // Nothing received for `idle_us` and nothing computing: end the session
+    // (true). False: not yet (a reply is still being written; it may be
+    // about to end, or stuck on a client that stopped reading): the table
+    // asks again after another idle timeout.
+    virtual bool OnIdle(int64_t idle_us) = 0;
     // The server drains: answer the chunks received, then end the session.
     virtual void OnDrain() = 0;
   };

@@ -18,9 +18,11 @@ DEPLOY = os.path.join(REPO, "deploy")
 # The series attnserve exports (DESIGN.md, "Metrics"). Histograms also export
 # NAME_bucket, NAME_sum and NAME_count.
 COUNTERS = ["attnserve_requests_total", "attnserve_tokens_total", "attnserve_engine_failures_total",
-            "attnserve_model_load_failures_total",
+            "attnserve_model_load_failures_total", "attnserve_session_appends_total",
+            "attnserve_sessions_ended_total",
             "process_cpu_seconds_total"]
 GAUGES = ["attnserve_queue_depth", "attnserve_inflight_requests", "attnserve_model_info",
+          "attnserve_sessions_active", "attnserve_session_cache_bytes",
           "process_resident_memory_bytes", "process_start_time_seconds"]
 HISTOGRAMS = ["attnserve_request_duration_seconds", "attnserve_queue_duration_seconds",
               "attnserve_compute_duration_seconds", "attnserve_batch_size",
