@@ -10,6 +10,8 @@
 #                rows (Debian's python3-torch on OpenBLAS) and the speed-up table
 #   make bench-serve  deps + build + the serving benchmark (serve_bench)
 #   make bench-serve-tls  deps + build + what TLS, mTLS and tokens cost (serve_bench --tls --token)
+#   make bench-session  deps + build + streaming sessions against re-sending the window
+#                through Attend (session_bench: CPU and p50 per chunk, cache bytes per session)
 #   make golden  regenerate the PyTorch golden fixtures (needs python3-torch)
 #   make image   build the container image attnserve:VERSION and :latest (docker if
 #                its daemon answers, else podman; see tools/image.sh)
@@ -107,6 +109,11 @@ bench-serve: deps
 bench-serve-tls: deps
 	$(MAKE) build
 	$(BUILD_DIR)/bench/serve_bench --tls --token --seconds 5 --rounds 5
+
+.PHONY: bench-session
+bench-session: deps
+	$(MAKE) build
+	$(BUILD_DIR)/bench/session_bench --seconds 5
 
 golden: deps deps-golden
 	/usr/bin/python3 tests/golden/export_golden.py

@@ -41,7 +41,7 @@ int RunV2Comparison(const V2BenchOptions& options) {
     std::fprintf(stderr, "--rounds, --seconds, --lengths and --concurrency must be positive\n");
     return 1;
   }
-  ServerProcess server(options.server_binary, {});
+  ServerProcess server(options.server_binary, ServerProcess::Options{});
   if (!server.ok()) {
     std::fprintf(stderr, "cannot start %s\n", options.server_binary.c_str());
     return 1;

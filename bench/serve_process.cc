@@ -7,12 +7,14 @@
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -95,6 +97,44 @@ std::string LoadAverage() {
   return text;
 }
 
+std::string ScrapeMetrics(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  const timeval timeout{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  std::string response;
+  const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+      send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(request.size())) {
+    char buffer[16384];
+    for (ssize_t n; (n = recv(fd, buffer, sizeof buffer, 0)) > 0;) response.append(buffer, n);
+  }
+  close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+std::optional<double> MetricSum(const std::string& exposition, const std::string& name) {
+  std::optional<double> sum;
+  std::istringstream lines(exposition);
+  for (std::string line; std::getline(lines, line);) {
+    // "name value" or "name{labels} value"; not name_suffix or a comment.
+    if (line.rfind(name, 0) != 0 || line.size() <= name.size() ||
+        (line[name.size()] != ' ' && line[name.size()] != '{')) {
+      continue;
+    }
+    const size_t value_at = line[name.size()] == '{' ? line.rfind('}') + 1 : name.size();
+    sum = sum.value_or(0) + std::strtod(line.c_str() + value_at, nullptr);
+  }
+  return sum;
+}
+
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -109,18 +149,22 @@ v1::AttendRequest MakeRequest(uint32_t length, uint32_t d_model) {
 ServerProcess::ServerProcess(const std::string& binary,
                              const std::vector<std::string>& extra_flags,
                              client::ClientOptions client, const std::string& repository)
-    : client_(std::move(client)) {
+    : ServerProcess(binary, Options{extra_flags, std::move(client), repository, false}) {}
+
+ServerProcess::ServerProcess(const std::string& binary, Options options)
+    : client_(std::move(options.client)) {
   port_ = FreePort();
   client_.target = target();
+  if (options.metrics) metrics_port_ = FreePort();
   std::vector<std::string> args = {binary, "--host", "127.0.0.1", "--port",
-                                   std::to_string(port_), "--metrics-port", "0",
-                                   "--model-repository",
-                                   repository.empty()
+                                   std::to_string(port_), "--metrics-port",
+                                   std::to_string(metrics_port_), "--model-repository",
+                                   options.repository.empty()
                                        ? std::string(ATTNSERVE_SOURCE_DIR) + "/models"
-                                       : repository,
-                                   "--log-level",
-                                   "warn"};
-  args.insert(args.end(), extra_flags.begin(), extra_flags.end());
+                                       : options.repository,
+                                   "--log-level", "warn"};
+  if (options.metrics) args.insert(args.end(), {"--metrics-address", "127.0.0.1"});
+  args.insert(args.end(), options.extra_flags.begin(), options.extra_flags.end());
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

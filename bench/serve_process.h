@@ -1,13 +1,15 @@
-// Pieces shared by serve_bench's tables: the attnserve binary as a child
-// process on 127.0.0.1 (so its CPU time can be read apart from the load
-// generator's), and one closed-loop load level against it through the client
-// library's load generator. Not thread-safe: one benchmark thread uses them.
+// Pieces shared by serve_bench's and session_bench's tables: the attnserve
+// binary as a child process on 127.0.0.1 (so its CPU time can be read apart
+// from the load generator's) and its /metrics, and one closed-loop load level
+// against it through the client library's load generator. Not thread-safe:
+// one benchmark thread uses them.
 #ifndef ATTNSERVE_BENCH_SERVE_PROCESS_H_
 #define ATTNSERVE_BENCH_SERVE_PROCESS_H_
 
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,6 +48,13 @@ std::string CpuModel();
 // The 1, 5 and 15 minute load averages, e.g. "0.52 0.61 0.40".
 std::string LoadAverage();
 
+// The body of GET /metrics from 127.0.0.1:`port` (HTTP/1.0, each socket
+// operation bounded by 5 s); empty when nothing answers.
+std::string ScrapeMetrics(int port);
+// The sum over every series of metric `name` (any labels) in the Prometheus
+// text `exposition`; nullopt when it has none.
+std::optional<double> MetricSum(const std::string& exposition, const std::string& name);
+
 // The p-quantile (0..1) of `v`, nearest rank; 0 when empty.
 double Percentile(std::vector<double> v, double p);
 
@@ -53,14 +62,23 @@ double Percentile(std::vector<double> v, double p);
 v1::AttendRequest MakeRequest(uint32_t length, uint32_t d_model);
 
 // The attnserve binary on 127.0.0.1 and a free port, a model repository
-// (the demo model's by default), metrics off, `extra_flags` added. Ready once ListModels
-// answers through `client` (its target is filled in; TLS options and token
-// as the server needs them), at most 30 s. The destructor sends SIGTERM and
-// reaps it (SIGKILL after 15 s).
+// (the demo model's by default), metrics off unless asked for, `extra_flags`
+// added. Ready once ListModels answers through `client` (its target is
+// filled in; TLS options and token as the server needs them), at most 30 s.
+// The destructor sends SIGTERM and reaps it (SIGKILL after 15 s).
 class ServerProcess {
  public:
-  // `repository`: the model repository to serve; empty = the source tree's
-  // models/ (the demo model).
+  struct Options {
+    std::vector<std::string> extra_flags;  // added after the flags above
+    client::ClientOptions client;          // how to reach it; the target is filled in
+    // The model repository to serve; empty = the source tree's models/ (the
+    // demo model).
+    std::string repository;
+    // Serve GET /metrics on 127.0.0.1 at a free port (metrics_port()); off:
+    // --metrics-port 0.
+    bool metrics = false;
+  };
+  ServerProcess(const std::string& binary, Options options);
   ServerProcess(const std::string& binary, const std::vector<std::string>& extra_flags,
                 client::ClientOptions client = {}, const std::string& repository = "");
   ~ServerProcess();
@@ -73,12 +91,17 @@ class ServerProcess {
   const client::ClientOptions& client() const { return client_; }
   // utime + stime of the server process so far, from /proc/PID/stat.
   double CpuSeconds() const;
+  // The server's process id; -1 when it did not start or exited early.
+  pid_t pid() const { return pid_; }
+  // Its /metrics port on 127.0.0.1; 0 when metrics are off.
+  int metrics_port() const { return metrics_port_; }
 
  private:
   bool WaitReady();
 
   pid_t pid_ = -1;
   int port_ = 0;
+  int metrics_port_ = 0;
   bool ready_ = false;
   client::ClientOptions client_;
 };

@@ -186,4 +186,85 @@ grpc::Status AttentionClient::ListRepository(v1::ListRepositoryResponse* respons
   return repository_->ListRepository(NewContext().get(), v1::ListRepositoryRequest(), response);
 }
 
+absl::StatusOr<std::unique_ptr<AttentionSession>> AttentionClient::OpenSession(
+    const v1::SessionOpen& open) {
+  std::unique_ptr<AttentionSession> session(new AttentionSession());
+  // No deadline: NewContext's per-call deadline would end a long session.
+  AddCallMetadata(options_, &session->context_);
+  session->stream_ = stub_->Session(&session->context_);
+  v1::SessionRequest request;
+  *request.mutable_open() = open;
+  v1::SessionResponse reply;
+  grpc::Status status;
+  if (!session->stream_->Write(request)) {
+    status = session->End(grpc::Status(grpc::StatusCode::INTERNAL,
+                                       "the session's stream ended before its open was sent"));
+  } else if (!session->stream_->Read(&reply)) {
+    status = session->End(grpc::Status(
+        grpc::StatusCode::INTERNAL, "the server ended the session without answering its open"));
+  } else if (!reply.has_opened()) {
+    // The destructor cancels the stream.
+    status = grpc::Status(grpc::StatusCode::INTERNAL,
+                          "the server's first session reply holds no SessionOpened");
+  }
+  if (!status.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                        status.error_message());
+  }
+  session->opened_ = reply.opened();
+  session->session_id_ = reply.session_id();
+  return session;
+}
+
+AttentionSession::~AttentionSession() {
+  if (stream_ == nullptr || ended_) return;
+  context_.TryCancel();
+  End(grpc::Status::OK);
+}
+
+grpc::Status AttentionSession::Append(const v1::Matrix& rows, v1::SessionResponse* reply) {
+  reply->Clear();
+  if (ended_) {
+    return final_.ok() ? grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                      "the session is closed")
+                       : final_;
+  }
+  *request_.mutable_append()->mutable_input() = rows;
+  if (!stream_->Write(request_)) {
+    // The server has ended the stream: its status says why.
+    return End(grpc::Status(grpc::StatusCode::INTERNAL,
+                            "the session's stream ended before the chunk was sent"));
+  }
+  if (!stream_->Read(reply)) {
+    return End(grpc::Status(grpc::StatusCode::INTERNAL,
+                            "the server ended the session OK without answering a chunk"));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status AttentionSession::Close() {
+  if (ended_) return final_;
+  stream_->WritesDone();
+  return End(grpc::Status::OK);
+}
+
+grpc::Status AttentionSession::End(const grpc::Status& if_ok) {
+  // Finish waits for the server's status; replies nobody asked for are read
+  // first so that they cannot hold it up, and counted as a protocol error.
+  v1::SessionResponse unread;
+  int unread_count = 0;
+  while (stream_->Read(&unread)) ++unread_count;
+  grpc::Status status = stream_->Finish();
+  if (status.ok() && unread_count > 0) {
+    status = grpc::Status(grpc::StatusCode::INTERNAL,
+                          absl::StrCat("the server sent ", unread_count,
+                                       " session replies no chunk asked for"));
+  } else if (status.ok()) {
+    status = if_ok;
+  }
+  ended_ = true;
+  final_ = status;
+  return status;
+}
+
 }  // namespace attnserve::client

@@ -2,6 +2,9 @@
 // generated stub — one channel, a deadline on every call, retries for
 // UNAVAILABLE only, TLS (and client certificates for mTLS) and a bearer
 // token on every call. Thread-safe: calls may come from any number of threads.
+// AttentionSession: one open Attention.Session stream (incremental causal
+// attention with the keys and values kept on the server). Thread-compatible:
+// one thread at a time uses a session; distinct sessions need no locking.
 #ifndef ATTNSERVE_CLIENT_ATTENTION_CLIENT_H_
 #define ATTNSERVE_CLIENT_ATTENTION_CLIENT_H_
 
@@ -63,6 +66,8 @@ struct ClientOptions {
 // (the load generator).
 void AddCallMetadata(const ClientOptions& options, grpc::ClientContext* context);
 
+class AttentionSession;
+
 class AttentionClient {
  public:
   // Errors: INVALID_ARGUMENT for bad options (empty target, negative
@@ -88,6 +93,17 @@ class AttentionClient {
   grpc::Status UnloadModel(const std::string& name);
   grpc::Status ListRepository(v1::ListRepositoryResponse* response);
 
+  // Opens an Attention.Session with `open` as its first message and waits
+  // for the server's SessionOpened. The stream carries the token and TLS of
+  // every call, but NO deadline (a session may live for hours:
+  // options().deadline_ms does not apply to it; the server's idle timeout
+  // bounds it), and is never retried (its state lives on the server: a new
+  // stream is a new, empty session). Errors: the server's status (code and
+  // message) when it refuses the open, e.g. NOT_FOUND for an unknown model,
+  // RESOURCE_EXHAUSTED when no cache fits, UNAUTHENTICATED; UNAVAILABLE
+  // when it cannot be reached. Blocks until the server answers.
+  absl::StatusOr<std::unique_ptr<AttentionSession>> OpenSession(const v1::SessionOpen& open);
+
   const ClientOptions& options() const { return options_; }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
 
@@ -103,6 +119,62 @@ class AttentionClient {
   const std::unique_ptr<v1::Attention::Stub> stub_;
   const std::unique_ptr<grpc::health::v1::Health::Stub> health_;
   const std::unique_ptr<v1::ModelRepository::Stub> repository_;
+};
+
+// An open Attention.Session: Append sends one chunk and waits for its reply
+// (replies come in order, one per chunk); Close half-closes and returns how
+// the server ended the stream. Once the stream has ended (an error from the
+// server, or Close), Close returns that final status again, and Append
+// returns it too, or FAILED_PRECONDITION when the session was closed OK.
+// Destroying a session that is still open cancels its stream (the server
+// frees its cache). It holds its channel: it may outlive the AttentionClient
+// that opened it. Thread-compatible (see the top of this file).
+class AttentionSession {
+ public:
+  ~AttentionSession();
+  AttentionSession(const AttentionSession&) = delete;
+  AttentionSession& operator=(const AttentionSession&) = delete;
+
+  // The server's answer to the open: model, version, d_model, window,
+  // max_tokens and the cache it reserved.
+  const v1::SessionOpened& opened() const { return opened_; }
+  // The session_id every reply carries (the server's when the open left it
+  // empty).
+  const std::string& session_id() const { return session_id_; }
+
+  // Appends `rows` (n x d_model) and waits for its reply: *reply holds the
+  // chunk's position, output rows, attention weights and stats. When the
+  // server ends the stream instead (a bad chunk: INVALID_ARGUMENT; past
+  // max_tokens or max_length: OUT_OF_RANGE; idle too long:
+  // DEADLINE_EXCEEDED; draining: UNAVAILABLE, after every chunk it had
+  // received was answered), returns its status, code and message as sent.
+  // No deadline of its own: it blocks until the server answers or ends the
+  // stream.
+  grpc::Status Append(const v1::Matrix& rows, v1::SessionResponse* reply);
+  // Half-closes and waits for the server to end the stream: OK for a
+  // session ended cleanly, else the server's status. Replies to no chunk
+  // are expected after the half-close; one would be INTERNAL.
+  grpc::Status Close();
+
+ private:
+  friend class AttentionClient;
+  using Stream = grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>;
+  AttentionSession() = default;
+  // REQUIRES: !ended_. Reads whatever the server still sends, then its
+  // final status; keeps it in final_ and returns it. A server that ended
+  // the stream OK yields `if_ok` instead: OK for a Close, an error where a
+  // reply was due.
+  grpc::Status End(const grpc::Status& if_ok);
+
+  // Set by OpenSession, then constant.
+  grpc::ClientContext context_;
+  std::unique_ptr<Stream> stream_;
+  v1::SessionOpened opened_;
+  std::string session_id_;
+
+  bool ended_ = false;          // the stream is over: final_ holds its status
+  grpc::Status final_;
+  v1::SessionRequest request_;  // reused by every Append: its input's buffer is kept
 };
 
 // Creates the channel AttentionClient uses: credentials, load balancing and

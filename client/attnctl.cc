@@ -5,6 +5,8 @@
 //   attnctl [global flags] models
 //   attnctl [global flags] health [--service NAME]
 //   attnctl [global flags] bench [-c N] [-n N | -z DURATION] [--rps R] [--lengths 16,128,512 | --data FILE]
+//   attnctl [global flags] session --npy FILE --chunk N [--window W] [--weights MODE]
+//                                  [--max-tokens N] [--model M] [--verify]
 //   attnctl token [[--principal] NAME] [--file FILE]
 //
 // Global flags (--target, --deadline-ms, --retries, --lb, --tls*, --token)
@@ -37,6 +39,8 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "client/attention_client.h"
+#include "client/attnctl_session.h"
+#include "client/attnctl_util.h"
 #include "client/load_generator.h"
 #include "client/tensor_io.h"
 #include "client/token.h"
@@ -44,20 +48,6 @@
 
 namespace attnserve::client {
 namespace {
-
-constexpr int kExitOk = 0, kExitServer = 1, kExitUsage = 2;
-
-int UsageError(const std::string& message) {
-  std::fprintf(stderr, "attnctl: %s\n", message.c_str());
-  return kExitUsage;
-}
-
-int ServerError(const grpc::Status& status) {
-  std::fprintf(stderr, "error: %s: %s\n",
-               absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())).c_str(),
-               status.error_message().c_str());
-  return kExitServer;
-}
 
 // Options of a request that the command line may set (they override the
 // input file's).
@@ -116,22 +106,6 @@ struct RequestFlags {
     return absl::OkStatus();
   }
 };
-
-// The served model `name` ("" = the default), from ListModels: the RPC's
-// error, or NOT_FOUND when no served model matches.
-grpc::Status FindModel(AttentionClient& client, const std::string& name, v1::ModelInfo* model) {
-  v1::ListModelsResponse models;
-  if (grpc::Status s = client.ListModels(&models); !s.ok()) return s;
-  for (const v1::ModelInfo& m : models.models()) {
-    if (name.empty() ? m.is_default() : m.name() == name) {
-      *model = m;
-      return grpc::Status::OK;
-    }
-  }
-  return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("model '", name,
-                                                                "' is not served at ",
-                                                                client.options().target));
-}
 
 // The name and d_model of `name` ("" = the default), through v1 ListModels
 // or v2 ModelMetadata.
@@ -460,7 +434,8 @@ void RegisterGlobalFlags(CLI::App& app, ClientOptions& options) {
   app.add_option("--target", options.target, "server address HOST:PORT, or a gRPC target URI")
       ->envname("ATTNCTL_TARGET")
       ->capture_default_str();
-  app.add_option("--deadline-ms", options.deadline_ms, "deadline of each call")
+  app.add_option("--deadline-ms", options.deadline_ms,
+                 "deadline of each call (a session's stream has none)")
       ->capture_default_str();
   app.add_option("--retries", options.max_retries, "retries after UNAVAILABLE (only)")
       ->capture_default_str();
@@ -491,8 +466,8 @@ void RegisterGlobalFlags(CLI::App& app, ClientOptions& options) {
 }
 
 int Main(int argc, char** argv) {
-  CLI::App app{"attnctl: call attnserve (infer, models, health), manage its models (load, "
-               "unload, repository), load-test it (bench), make tokens (token)."};
+  CLI::App app{"attnctl: call attnserve (infer, models, health, session), manage its models "
+               "(load, unload, repository), load-test it (bench), make tokens (token)."};
   app.require_subcommand(1);
   ClientOptions options;
   RegisterGlobalFlags(app, options);
@@ -537,6 +512,13 @@ int Main(int argc, char** argv) {
   RegisterBenchFlags(bench_cmd, bench);
   bench_flags.Register(bench_cmd);
 
+  CLI::App* session_cmd = app.add_subcommand(
+      "session", "stream a .npy file's rows through an Attention.Session a chunk at a time: "
+                 "one line per chunk, latency percentiles; --verify checks every chunk against "
+                 "a one-shot Attend");
+  SessionFlags session_flags;
+  RegisterSessionFlags(session_cmd, session_flags);
+
   CLI::App* token_cmd = app.add_subcommand(
       "token", "make a random bearer token: the token on stdout (for clients), its "
                "'PRINCIPAL SHA256HEX' line for attnserve --auth-tokens on stderr or --file");
@@ -574,6 +556,7 @@ int Main(int argc, char** argv) {
   if (*unload_cmd) return Repository(**client, "unload", model_name);
   if (*repository_cmd) return Repository(**client, "list", "");
   if (*bench_cmd) return Bench(**client, bench, bench_flags);
+  if (*session_cmd) return RunSession(**client, session_flags);
   return Models(**client);
 }
 
