@@ -16,7 +16,9 @@
 // the chunks it answered); then the ratios and the targets (>= 10x less
 // server CPU per chunk and >= 10x lower p50 at S = 1), and the session
 // cache: attnserve_session_cache_bytes with S sessions open, over S, against
-// 2 x window x d_model x 4 bytes (the demo model is fp32), within 5%.
+// 2 x window x d_model x 4 bytes (the demo model is fp32), within 5%; and
+// what the caches really take: a fresh server's resident set before and with
+// max(S) sessions open and full, per session, against the same prediction.
 //
 //   build/bench/session_bench [--seconds 5] [--sessions 1,16,64] [--chunk 16]
 //                             [--window 512] [--server-binary PATH]
@@ -29,6 +31,8 @@
 // one (fewer keys), so chunks/s and the CPU per chunk count them; the
 // latency percentiles do not (their window is not full). The table shows
 // how many there were, and the CPU per chunk as if they were free.
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -288,6 +292,78 @@ void PrintMode(int streams, const char* mode, const ModeResult& r) {
   std::fflush(stdout);
 }
 
+// The server's resident set, bytes (/proc/PID/statm); 0 when unreadable.
+double ResidentBytes(pid_t pid) {
+  std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/statm").c_str(), "r");
+  if (f == nullptr) return 0;
+  unsigned long long size = 0, resident = 0;
+  const int n = std::fscanf(f, "%llu %llu", &size, &resident);
+  std::fclose(f);
+  return n == 2 ? double(resident) * double(sysconf(_SC_PAGESIZE)) : 0;
+}
+
+// What the caches really take: a fresh attnserve (no allocator pages kept
+// from earlier sessions), warmed by one session that wrapped its ring and
+// closed; then `sessions` sessions opened one after another, each filled to
+// its window. The server's resident set grows by their caches plus the
+// stream's own state (gRPC's buffers, the reactor), per session.
+struct MemoryResult {
+  int sessions = 0;
+  double before = 0, after = 0;  // resident bytes
+  std::string error;
+  double per_session() const { return sessions > 0 ? (after - before) / sessions : 0; }
+};
+
+MemoryResult MeasureMemory(const Options& o, const v1::ModelInfo& model, const RowPool& pool,
+                           int sessions) {
+  MemoryResult m;
+  ServerProcess::Options server_options;
+  server_options.extra_flags = o.server_flags;
+  ServerProcess server(o.binary, server_options);
+  auto client = client::AttentionClient::Create(server.client());
+  if (!server.ok() || !client.ok()) {
+    m.error = "the server did not start";
+    return m;
+  }
+  v1::SessionOpen open;
+  open.set_model(model.name());
+  open.set_window(o.window);
+  v1::SessionResponse reply;
+  auto fill = [&](client::AttentionSession& s, uint64_t chunks) -> bool {
+    for (uint64_t c = 0; c < chunks; ++c) {
+      if (grpc::Status st = s.Append(pool.Chunk(c), &reply); !st.ok()) {
+        m.error = st.error_message();
+        return false;
+      }
+    }
+    return true;
+  };
+  {
+    auto warm = (*client)->OpenSession(open);
+    if (!warm.ok() || !fill(**warm, 2 * o.window / o.chunk + 1)) {
+      if (m.error.empty()) m.error = "cannot open the warm-up session";
+      return m;
+    }
+    (void)(*warm)->Close();
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  m.before = ResidentBytes(server.pid());
+  std::vector<std::unique_ptr<client::AttentionSession>> open_sessions;
+  for (int i = 0; i < sessions; ++i) {
+    auto s = (*client)->OpenSession(open);
+    if (!s.ok()) {
+      m.error = std::string(s.status().message());
+      return m;
+    }
+    if (!fill(**s, o.window / o.chunk)) return m;
+    open_sessions.push_back(*std::move(s));
+  }
+  m.after = ResidentBytes(server.pid());
+  m.sessions = sessions;
+  for (auto& s : open_sessions) (void)s->Close();
+  return m;
+}
+
 std::vector<int> ParseList(const std::string& s) {
   std::vector<int> out;
   for (size_t pos = 0; pos < s.size();) {
@@ -396,7 +472,8 @@ int main(int argc, char** argv) {
                 Verdict(session.chunks > 0 && p50 >= 10));
   }
   const double predicted = 2.0 * o.window * setup.model.d_model() * 4;
-  std::printf("\nSession cache with S sessions open (attnserve_session_cache_bytes), against "
+  std::printf("\nSession cache reserved with S sessions open (attnserve_session_cache_bytes, "
+              "what the server accounts against --session-cache-bytes), against "
               "2 x window x d_model x 4 bytes = %.0f bytes a session\n\n"
               "| S | cache bytes | per session | / predicted | within 5%% |\n"
               "|---|---|---|---|---|\n",
@@ -410,6 +487,22 @@ int main(int argc, char** argv) {
     const double per = *bytes / s;
     std::printf("| %d | %.0f | %.0f | %.3f | %s |\n", s, *bytes, per, per / predicted,
                 Verdict(std::abs(per / predicted - 1) <= 0.05));
+  }
+  const int memory_sessions = *std::max_element(o.levels.begin(), o.levels.end());
+  const MemoryResult memory = MeasureMemory(o, setup.model, pool, memory_sessions);
+  std::printf("\nWhat the caches take: a fresh server's resident set with %d sessions open, "
+              "each filled to its window, against the same server before them (one warm-up "
+              "session opened and closed first); the growth holds the caches and each "
+              "stream's own state\n\n| sessions | RSS before | RSS with them | growth per "
+              "session | / predicted | within 5%% |\n|---|---|---|---|---|---|\n",
+              memory_sessions);
+  if (!memory.error.empty()) {
+    std::printf("| %d | | | (%s) | | FAIL |\n", memory_sessions, memory.error.c_str());
+  } else {
+    const double ratio = memory.per_session() / predicted;
+    std::printf("| %d | %.1f MiB | %.1f MiB | %.0f bytes | %.3f | %s |\n", memory.sessions,
+                memory.before / (1 << 20), memory.after / (1 << 20), memory.per_session(), ratio,
+                Verdict(std::abs(ratio - 1) <= 0.05));
   }
   return errors == 0 ? 0 : 1;
 }

@@ -17,9 +17,11 @@
 //   is not draining or idle-ended, and at most one reply waits unwritten (a
 //   slow reader stops the reading);
 // - Finish is decided once, when nothing computes, nothing waits to be
-//   written, no StartRead is being issued, and reading is over (half-close),
-//   or an error, idle end or drain is set; the status is the error's, or
-//   UNAVAILABLE when draining, else OK.
+//   written, no received message is being handled, no StartRead or
+//   TryCancel is being issued, and reading is over (half-close), or an
+//   error, idle end or drain is set; the status is the error's, or
+//   UNAVAILABLE when draining, else OK. A message that arrives once the
+//   session is ending is dropped unhandled.
 // Delivery: each queued reply and the final status hold one of the service's
 // unsent count until written (or failed) and until OnDone; each chunk from
 // submission to answer is one BeginRequest/EndRequest, so the drain waits
@@ -28,9 +30,10 @@
 // table's hook takes one while it calls in, so nothing touches a deleted
 // reactor; the cache lives as long as the reactor (after OnDone, only until
 // a chunk still computing is answered). The reservation is released at
-// OnDone: a cancelled or broken stream frees its place at once.
+// OnDone: a cancelled or broken stream frees its place at once (once a
+// chunk it was computing has finished).
 #include <atomic>
-#include <deque>
+#include <list>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -85,10 +88,21 @@ class AttentionService::SessionCall final
     }
     Ref();
     const UnrefOnExit reaction{this};
-    if (lease_ != nullptr) lease_->Touch();
+    bool handle = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // A message that arrives once the session is ending (an error, idle,
+      // drain: its read was outstanding) is dropped, never handled. Else it
+      // holds Finish off until handled, and is activity: a pending idle end
+      // is called off.
+      handle = !error_set_ && !draining_ && !finishing_;
+      handling_ = handle;
+      if (handle) idle_pending_ = false;
+    }
+    if (handle && lease_ != nullptr) lease_->Touch();
     grpc::Status error;
     try {
-      error = Handle();
+      if (handle) error = Handle();
     } catch (const std::bad_alloc&) {
       error = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                            "out of memory handling the session's message; retry later");
@@ -99,6 +113,7 @@ class AttentionService::SessionCall final
     incoming_.Clear();
     Act(Update([&error](SessionCall* s) {
       s->reading_ = false;
+      s->handling_ = false;
       if (!error.ok()) s->SetErrorLocked(std::move(error), "error");
     }));
   }
@@ -211,7 +226,7 @@ class AttentionService::SessionCall final
     if (finishing_) return a;
     if (!writing_ && !writes_.empty()) {
       writing_ = true;
-      a.write = &writes_.front();  // deque elements stay put while others are added at the back
+      a.write = &writes_.front();  // list elements stay put while others are added
     }
     const bool ending = error_set_ || draining_;
     if (!reading_ && !reads_done_ && !ending && !computing_ && writes_.size() <= 1) {
@@ -219,8 +234,8 @@ class AttentionService::SessionCall final
       ++starting_reads_;
       a.read = true;
     }
-    if (!writing_ && writes_.empty() && !computing_ && starting_reads_ == 0 &&
-        (reads_done_ || ending)) {
+    if (!writing_ && writes_.empty() && !computing_ && !handling_ && !cancelling_ &&
+        starting_reads_ == 0 && (reads_done_ || ending)) {
       finishing_ = true;
       a.finish = true;
       if (error_set_) {
@@ -233,6 +248,7 @@ class AttentionService::SessionCall final
       }
     } else if (error_set_ && writing_ && idle_ended_ && !cancel_sent_) {
       cancel_sent_ = true;  // the reader stopped reading: its write would never end
+      cancelling_ = true;   // no Finish (so no OnDone, no freed context) until issued
       a.cancel = true;
     }
     return a;
@@ -248,7 +264,10 @@ class AttentionService::SessionCall final
       service_->HoldUnsent(1);  // released by OnDone
       Finish(std::move(a.status));
     }
-    if (a.cancel) context_->TryCancel();
+    if (a.cancel) {
+      context_->TryCancel();
+      Act(Update([](SessionCall* s) { s->cancelling_ = false; }));
+    }
   }
 
   // REQUIRES: mu_ held. The first error ends the session with its status.
@@ -267,6 +286,10 @@ class AttentionService::SessionCall final
     grpc::Status status = IdleStatus(idle_us);
     bool ended = true;
     Act(Update([&](SessionCall* s) {
+      if (s->handling_ || s->computing_) {  // a message arrived since the table looked
+        ended = false;
+        return;
+      }
       if (s->writing_ && !s->idle_pending_) {
         s->idle_pending_ = true;
         s->idle_status_ = std::move(status);
@@ -441,7 +464,13 @@ class AttentionService::SessionCall final
     lease_->SetBusy(true);  // only reactions and Computed (not running now) touch lease_ here
     chunk_position_ = position;
     chunk_keys_ = core::KeyCount(seq);
-    if (absl::Status s = model_->batcher->Submit(std::move(task)); !s.ok()) {
+    absl::Status submitted;
+    try {
+      submitted = model_->batcher->Submit(std::move(task));
+    } catch (const std::bad_alloc&) {  // Submit's contract: nothing queued, nothing charged
+      submitted = absl::ResourceExhaustedError("out of memory queueing the chunk; retry later");
+    }
+    if (!submitted.ok()) {
       lease_->SetBusy(false);
       service_->metrics_->InflightAdd(-1);
       service_->EndRequest();
@@ -450,7 +479,11 @@ class AttentionService::SessionCall final
         computing_ = false;
       }
       Unref();
-      return ToGrpcStatus(s);
+      // The batcher refuses with UNAVAILABLE once the server drains.
+      if (submitted.code() == absl::StatusCode::kUnavailable && service_->draining_.load()) {
+        return DrainingStatus();
+      }
+      return ToGrpcStatus(submitted);
     }
     return grpc::Status::OK;
   }
@@ -520,14 +553,16 @@ class AttentionService::SessionCall final
   grpc::Status QueueReply(const v1::SessionResponse& reply) {
     grpc::ByteBuffer bytes;
     if (grpc::Status s = Serialize(reply, &bytes); !s.ok()) return s;
+    std::list<grpc::ByteBuffer> queued;  // allocated here, spliced in under the lock
+    queued.emplace_back();
+    queued.back().Swap(&bytes);
     service_->HoldUnsent(1);  // before a write could complete
     bool dropped = false;
     Act(Update([&](SessionCall* s) {
-      if (s->broken_) {
+      if (s->broken_ || s->finishing_) {
         dropped = true;
       } else {
-        s->writes_.emplace_back();
-        s->writes_.back().Swap(&bytes);
+        s->writes_.splice(s->writes_.end(), queued);
       }
     }));
     if (dropped) service_->ReleaseUnsent(1);
@@ -570,12 +605,14 @@ class AttentionService::SessionCall final
   uint32_t chunk_keys_ = 0;
 
   std::mutex mu_;
-  std::deque<grpc::ByteBuffer> writes_ ABSL_GUARDED_BY(mu_);  // front: being written
+  std::list<grpc::ByteBuffer> writes_ ABSL_GUARDED_BY(mu_);  // front: being written
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   int starting_reads_ ABSL_GUARDED_BY(mu_) = 0;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool computing_ ABSL_GUARDED_BY(mu_) = false;
+  bool handling_ ABSL_GUARDED_BY(mu_) = false;    // a message's reaction is handling it
+  bool cancelling_ ABSL_GUARDED_BY(mu_) = false;  // a TryCancel decided, not yet issued
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool idle_ended_ ABSL_GUARDED_BY(mu_) = false;
   // Idle while a reply was being written: the session ends with idle_status_

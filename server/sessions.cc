@@ -70,8 +70,8 @@ void SessionTable::Touch(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(id);
   if (it == entries_.end()) return;
+  // Only later: the idle thread need not wake (it re-checks at the old deadline).
   it->second.last_active_us = clock_->NowMicros();
-  cv_.notify_all();
 }
 
 void SessionTable::SetBusy(uint64_t id, bool busy) {
@@ -79,8 +79,9 @@ void SessionTable::SetBusy(uint64_t id, bool busy) {
   auto it = entries_.find(id);
   if (it == entries_.end()) return;
   it->second.busy = busy;
-  it->second.last_active_us = clock_->NowMicros();  // idle time counts from the end of work
-  cv_.notify_all();
+  // Idle time counts from the end of work. No wake-up either: while any
+  // entry is busy the idle thread looks again every idle timeout.
+  it->second.last_active_us = clock_->NowMicros();
 }
 
 void SessionTable::StartDraining() {
@@ -122,7 +123,11 @@ void SessionTable::IdleLoop() {
     };
     std::vector<Expired> expired;
     for (auto& [id, e] : entries_) {
-      if (e.busy || e.told) continue;
+      if (e.told) continue;
+      if (e.busy) {  // idle at the earliest one timeout after its work ends
+        next = std::min(next, now + options_.idle_timeout_us);
+        continue;
+      }
       const int64_t deadline = e.last_active_us + options_.idle_timeout_us;
       if (deadline > now) {
         next = std::min(next, deadline);

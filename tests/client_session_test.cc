@@ -198,10 +198,10 @@ TEST_F(SessionClientTest, ChunksEqualTheLastRowsOfOneShotAttend) {
   }
 }
 
-// A window wider than a model's positions reach: the server may refuse the
-// open (INVALID_ARGUMENT) or serve it as the unbounded window it amounts
-// to, but a session it opened must take chunks up to max_length.
-TEST_F(SessionClientTest, AWindowPastMaxLengthIsRefusedOrServed) {
+// A window wider than a model's positions reach is served as the unbounded
+// window it amounts to: the cache is max_length rows, and the session takes
+// chunks up to max_length.
+TEST_F(SessionClientTest, AWindowPastMaxLengthIsServed) {
   for (const std::string model : {"mha_learned_bf16", "mha_sinusoidal_sep"}) {
     SCOPED_TRACE(model);
     const v1::ModelInfo& info = models_.at(model);
@@ -210,10 +210,8 @@ TEST_F(SessionClientTest, AWindowPastMaxLengthIsRefusedOrServed) {
     open.set_model(model);
     open.set_window(window);
     auto session = client_->OpenSession(open);
-    if (!session.ok()) {
-      EXPECT_EQ(session.status().code(), absl::StatusCode::kInvalidArgument) << session.status();
-      continue;
-    }
+    ASSERT_TRUE(session.ok()) << session.status();
+    EXPECT_EQ((*session)->opened().cache_rows(), info.max_length());
     const std::vector<float> all = RandomRows(info.max_length(), d, 5);
     for (uint64_t position = 0; position < info.max_length(); position += 8) {
       v1::SessionResponse reply;
@@ -364,7 +362,7 @@ TEST_F(SessionClientTest, DrainEndsTheSessionWithUnavailable) {
   const std::vector<float> rows = RandomRows(1, d, 1);
   v1::SessionResponse reply;
   ASSERT_TRUE((*session)->Append(Rows(rows, d, 0, 1), &reply).ok());
-  std::thread drain([&] { draining->Drain(); });
+  std::thread drain([&] { EXPECT_TRUE(draining->Drain()); });
   grpc::Status status;
   for (int i = 0; i < 10000 && status.ok(); ++i) {
     status = (*session)->Append(Rows(rows, d, 0, 1), &reply);

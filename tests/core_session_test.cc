@@ -147,7 +147,8 @@ TEST_P(SessionExactness, EveryChunkEqualsTheOneShotRowsForEveryWindowAndChunking
       {4, {2, 3, 11, 1, 2, 5, 2, 3, 4, 2, 3, 1, 4}, WeightsMode::kMean},  // 43 rows: 10 x W
       {0, {4, 1, 9, 6}, WeightsMode::kPerHead},                    // unbounded causal
       {200, {5, 17, 3}, WeightsMode::kNone},                       // W longer than the stream
-      {3, {30}, WeightsMode::kNone},                               // one chunk of 10 x W
+      {3, {30, 4, 1}, WeightsMode::kNone},       // a chunk of 10 x W, then the ring it left
+      {1, {1, 2, 1, 3, 1, 1}, WeightsMode::kNone},  // W = 1 read from the ring
   };
   for (const Chunked& plan : plans) {
     uint32_t total = 0;
