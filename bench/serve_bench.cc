@@ -44,6 +44,7 @@ namespace v1 = attnserve::v1;
 using attnserve::bench::LevelResult;
 using attnserve::bench::MakeRequest;
 using attnserve::bench::OwnCpuSeconds;
+using attnserve::bench::ParseIntList;
 using attnserve::bench::Percentile;
 using attnserve::bench::RunLevel;
 using attnserve::bench::ServerProcess;
@@ -85,18 +86,6 @@ int LoadExternal(const std::string& target, const std::vector<int>& levels, doub
   return 0;
 }
 
-std::vector<int> ParseList(const std::string& s) {
-  std::vector<int> out;
-  size_t pos = 0;
-  while (pos < s.size()) {
-    size_t comma = s.find(',', pos);
-    if (comma == std::string::npos) comma = s.size();
-    out.push_back(std::stoi(s.substr(pos, comma - pos)));
-    pos = comma + 1;
-  }
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -118,13 +107,13 @@ int main(int argc, char** argv) {
     else if (flag == "--token") security.token = true;
     else if (flag == "--seconds" && has_value) seconds = std::stod(argv[++i]);
     else if (flag == "--length" && has_value) length = std::stoul(argv[++i]);
-    else if (flag == "--concurrency" && has_value) levels = ParseList(argv[++i]), levels_given = true;
+    else if (flag == "--concurrency" && has_value) levels = ParseIntList(argv[++i]), levels_given = true;
     else if (flag == "--max-queue-delay-us" && has_value) delay_us = std::stoll(argv[++i]);
     else if (flag == "--rounds" && has_value) security.rounds = protocol.rounds = std::stoi(argv[++i]);
     else if (flag == "--protocol" && has_value && std::string(argv[i + 1]) == "v2") compare_v2 = true, ++i;
     else if (flag == "--lengths" && has_value) {
       protocol.lengths.clear();
-      for (int v : ParseList(argv[++i])) protocol.lengths.push_back(static_cast<uint32_t>(v));
+      for (int v : ParseIntList(argv[++i])) protocol.lengths.push_back(static_cast<uint32_t>(v));
     }
     else if (flag == "--target" && has_value) target = argv[++i];
     else if (flag == "--server-binary" && has_value) binary = argv[++i];

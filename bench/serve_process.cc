@@ -135,6 +135,17 @@ std::optional<double> MetricSum(const std::string& exposition, const std::string
   return sum;
 }
 
+std::vector<int> ParseIntList(const std::string& s) {
+  std::vector<int> out;
+  for (size_t pos = 0; pos < s.size();) {
+    size_t comma = s.find(',', pos);
+    if (comma == std::string::npos) comma = s.size();
+    out.push_back(std::stoi(s.substr(pos, comma - pos)));
+    pos = comma + 1;
+  }
+  return out;
+}
+
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());

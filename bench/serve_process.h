@@ -55,6 +55,10 @@ std::string ScrapeMetrics(int port);
 // text `exposition`; nullopt when it has none.
 std::optional<double> MetricSum(const std::string& exposition, const std::string& name);
 
+// "1,16,64" -> {1, 16, 64} (a benchmark's list of levels). Throws
+// std::invalid_argument on a part that is not a number.
+std::vector<int> ParseIntList(const std::string& s);
+
 // The p-quantile (0..1) of `v`, nearest rank; 0 when empty.
 double Percentile(std::vector<double> v, double p);
 

@@ -56,6 +56,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 namespace v1 = attnserve::v1;
 namespace client = attnserve::client;
+using attnserve::bench::ParseIntList;
 using attnserve::bench::Percentile;
 using attnserve::bench::ServerProcess;
 
@@ -364,17 +365,6 @@ MemoryResult MeasureMemory(const Options& o, const v1::ModelInfo& model, const R
   return m;
 }
 
-std::vector<int> ParseList(const std::string& s) {
-  std::vector<int> out;
-  for (size_t pos = 0; pos < s.size();) {
-    size_t comma = s.find(',', pos);
-    if (comma == std::string::npos) comma = s.size();
-    out.push_back(std::stoi(s.substr(pos, comma - pos)));
-    pos = comma + 1;
-  }
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -383,7 +373,7 @@ int main(int argc, char** argv) {
     const std::string flag = argv[i];
     const bool has_value = i + 1 < argc;
     if (flag == "--seconds" && has_value) o.seconds = std::stod(argv[++i]);
-    else if (flag == "--sessions" && has_value) o.levels = ParseList(argv[++i]);
+    else if (flag == "--sessions" && has_value) o.levels = ParseIntList(argv[++i]);
     else if (flag == "--chunk" && has_value) o.chunk = std::stoul(argv[++i]);
     else if (flag == "--window" && has_value) o.window = std::stoul(argv[++i]);
     else if (flag == "--server-binary" && has_value) o.binary = argv[++i];
