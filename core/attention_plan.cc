@@ -89,6 +89,17 @@ uint32_t ChooseMaxRows(std::span<const SequenceInput> batch, uint32_t num_heads,
 AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t num_heads,
                                 const PlanOptions& options) {
   const uint32_t max_rows = ChooseMaxRows(batch, num_heads, options);
+  // Chunks whose heads are computed together are one task per row block:
+  // with fewer of them than threads, their rows are split so that every
+  // thread gets one (a lone 16-row chunk: two tasks of 8 rows on 2 threads).
+  size_t ring_chunks = 0;
+  for (const SequenceInput& seq : batch) {
+    ring_chunks += options.batch_ring_heads && CachedKeyCount(seq) > 0 &&
+                   seq.weights == WeightsMode::kNone;
+  }
+  const uint32_t ring_parts =
+      ring_chunks == 0 ? 1
+                       : static_cast<uint32_t>((options.threads + ring_chunks - 1) / ring_chunks);
   AttentionPlan plan;
   plan.seqs.resize(batch.size());
   for (size_t s = 0; s < batch.size(); ++s) {
@@ -104,12 +115,17 @@ AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t n
     plan.total_queries += batch[s].length;
     plan.has_cached_keys = plan.has_cached_keys || (sp.first_query > 0 && weights);
     BuildEdges(batch[s].mask, sp.length, sp);
-    const uint32_t rows = BlockRows(batch[s], max_rows, options);
+    const bool batched = sp.ring != nullptr && options.batch_ring_heads;
+    const uint32_t rows =
+        batched ? std::min(max_rows, (sp.queries() + ring_parts - 1) / ring_parts)
+                : BlockRows(batch[s], max_rows, options);
     const bool fits = weights || size_t{rows} * sp.length <= options.block_floats;
     const uint32_t key_tile = fits ? sp.length : options.key_tile;
-    // The mean over heads is summed in place by one task; anything else
-    // splits per head.
-    const uint32_t heads_per_task = batch[s].weights == WeightsMode::kMean ? num_heads : 1;
+    // The mean over heads is summed in place by one task, a ring-reading
+    // chunk's heads are computed together; anything else splits per head.
+    const uint32_t heads_per_task =
+        batch[s].weights == WeightsMode::kMean || batched ? num_heads : 1;
+    const uint32_t block_heads = batched ? num_heads : 1;  // heads held at once
     for (uint32_t r = sp.first_query; r < sp.length; r += rows) {
       AttentionTask task;
       task.seq = static_cast<uint32_t>(s);
@@ -119,8 +135,8 @@ AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t n
       task.key_end = sp.KeyEnd(task.row_end - 1);
       task.key_tile = key_tile;
       task.ring = sp.ring != nullptr;
-      plan.max_tile_floats = std::max(plan.max_tile_floats, task.TileFloats());
-      plan.max_rows = std::max(plan.max_rows, task.row_end - task.row_begin);
+      plan.max_tile_floats = std::max(plan.max_tile_floats, task.TileFloats() * block_heads);
+      plan.max_rows = std::max(plan.max_rows, (task.row_end - task.row_begin) * block_heads);
       for (uint32_t h = 0; h < num_heads; h += heads_per_task) {
         task.head_begin = h;
         task.head_end = h + heads_per_task;

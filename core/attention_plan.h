@@ -93,6 +93,12 @@ struct PlanOptions {
   // Keys per tile when a sequence without returned weights is too long for a
   // max_rows x L block within block_floats.
   uint32_t key_tile = 1024;
+  // A chunk reading its cached keys from a ring gets one task for all its
+  // heads (the attention computes them in one batched matmul per tile: a
+  // chunk's blocks are small, and per-head calls cost more than their math).
+  bool batch_ring_heads = false;
+  // The threads that run the tasks (the engine's).
+  size_t threads = 1;
 };
 
 struct AttentionPlan {
@@ -101,8 +107,11 @@ struct AttentionPlan {
   size_t total_tokens = 0;   // rows of the packed Q/K/V: every key not read from a ring
   size_t total_queries = 0;  // rows of the packed input and context: the queries
   bool has_cached_keys = false;  // some chunk's cached keys are copied into the packed Q/K/V
-  size_t max_tile_floats = 0;  // largest TileFloats() of any task
-  uint32_t max_rows = 0;       // largest row_end - row_begin of any task
+  // Largest TileFloats() of any task, times its heads when it computes them
+  // in one block (batch_ring_heads).
+  size_t max_tile_floats = 0;
+  // Largest row_end - row_begin of any task, likewise times its heads.
+  uint32_t max_rows = 0;
 };
 
 // REQUIRES: every sequence passed ValidateSequence; num_heads >= 1.

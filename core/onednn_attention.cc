@@ -95,6 +95,38 @@ absl::StatusOr<std::unique_ptr<OneDnnAttention>> OneDnnAttention::Create(
     a->context_ring_prim_ = dnnl::matmul(pds[4]);
     a->context_ring_acc_prim_ = dnnl::matmul(pds[5]);
     a->primitives_created_ = 6;
+    if (c.relevance == Relevance::kDot) {
+      // One call for every head of a small block: Q [H, rows, dh] and K^T
+      // [H, dh, keys] as strided views, dense [H, rows, keys] scores. Used
+      // only when oneDNN has a real (not reference) implementation.
+      const memory::dim H = c.num_heads;
+      const auto q3 = memory::desc({H, kRuntime, dh}, act, {dh, 3 * d, 1});
+      const auto s3 = memory::desc({H, kRuntime, kRuntime}, dt::f32, memory::format_tag::abc);
+      const auto p3 = memory::desc({H, kRuntime, kRuntime}, act, memory::format_tag::abc);
+      const auto c3 = memory::desc({H, kRuntime, dh}, dt::f32, {dh, d, 1});
+      bool usable = true;
+      std::vector<dnnl::matmul::primitive_desc> heads;
+      for (const memory::dim ld : {3 * d, 2 * d}) {
+        const auto kt3 = memory::desc({H, dh, kRuntime}, act, {dh, 1, ld});
+        const auto v3 = memory::desc({H, kRuntime, dh}, act, {dh, ld, 1});
+        heads.emplace_back(dnnl::matmul::desc(q3, kt3, s3), scores_attr, eng);
+        heads.emplace_back(dnnl::matmul::desc(p3, v3, c3), context_attr, eng);
+        heads.emplace_back(dnnl::matmul::desc(p3, v3, c3), acc_attr, eng);
+      }
+      for (const auto& pd : heads) {
+        usable = usable && std::string(pd.impl_info_str()).rfind("ref", 0) != 0 &&
+                 pd.scratchpad_desc().get_size() == 0;
+      }
+      if (usable) {
+        for (int k = 0; k < 2; ++k) {
+          a->scores_heads_prim_[k] = dnnl::matmul(heads[3 * k]);
+          a->context_heads_prim_[k] = dnnl::matmul(heads[3 * k + 1]);
+          a->context_heads_acc_prim_[k] = dnnl::matmul(heads[3 * k + 2]);
+        }
+        a->batched_ = true;
+        a->primitives_created_ += 6;
+      }
+    }
   } catch (const dnnl::error& e) {
     return absl::InternalError(absl::StrCat("oneDNN has no ", bf16 ? "bf16" : "f32",
                                             " attention matmul here: ", e.what()));
@@ -154,6 +186,10 @@ void OneDnnAttention::RunTask(const AttentionPlan& plan, const AttentionTask& ta
                               std::vector<SequenceOutput>& outs, ThreadState& ts) {
   const SequencePlan& sp = plan.seqs[task.seq];
   StageClock clock(profile_);
+  if (task.ring && batched_ && task.head_end - task.head_begin == model_->config.num_heads) {
+    AttendRingBatched(sp, task, qkv, context, ts, clock);
+    return;
+  }
   for (uint32_t h = task.head_begin; h < task.head_end; ++h) {
     if (task.tiled()) {
       AttendTiled(sp, task, h, qkv, context, ts, clock);
@@ -349,6 +385,87 @@ void OneDnnAttention::AttendTiled(const SequencePlan& sp, const AttentionTask& t
     float* out = ctx + size_t{r} * d;
     const float f = stats.sum[r] > 0.0f ? 1.0f / stats.sum[r] : 0.0f;
     for (uint32_t k = 0; k < dh; ++k) out[k] *= f;
+  }
+  clock.Lap(ts.times.normalize);
+}
+
+void OneDnnAttention::AttendRingBatched(const SequencePlan& sp, const AttentionTask& task,
+                                        const void* qkv, float* context, ThreadState& ts,
+                                        StageClock& clock) {
+  const ModelConfig& c = model_->config;
+  const uint32_t d = c.d_model, dh = c.d_head(), H = c.num_heads;
+  const memory::dim ld = 3 * memory::dim{d};
+  const uint32_t rows = task.row_end - task.row_begin;
+  const size_t block = size_t{H} * rows;  // score rows: head-major
+  const bool softmax = c.normalization == Normalization::kSoftmax;
+  float* scores = ts.scores.ReserveAs<float>(0);
+  float* stats_mem = ts.stats.ReserveAs<float>(0);
+  const RowStats stats{stats_mem, stats_mem + block, stats_mem + 2 * block};
+  std::fill_n(stats.max, block, -std::numeric_limits<float>::infinity());
+  std::fill_n(stats.sum, block, 0.0f);
+  // The chunk's context rows; head h is the column slice [h dh, (h + 1) dh).
+  float* ctx = context + (sp.out_offset + task.row_begin - sp.first_query) * d;
+  auto* base = static_cast<char*>(const_cast<void*>(qkv));
+  char* q = base + sp.PackedRow(task.row_begin) * ld * act_bytes_;
+  float scale = static_cast<float>(c.scale);
+  memory scale_mem(memory::desc({1}, dt::f32, {1}), eng_, &scale);
+  const memory::dim mh = H, mrows = rows, mdh = dh;
+  memory q_mem(memory::desc({mh, mrows, mdh}, act_type_, {mdh, ld, 1}), eng_, q);
+  memory ctx_mem(memory::desc({mh, mrows, mdh}, dt::f32, {mdh, memory::dim{d}, 1}), eng_, ctx);
+  uint32_t width = 0;
+  for (uint32_t kb = task.key_begin; kb < task.key_end; kb += width) {
+    width = std::min({task.key_tile, task.key_end - kb, sp.RunEnd(kb) - kb});
+    const bool first = kb == task.key_begin;
+    const bool in_ring = kb < sp.packed_key0();
+    const int k = in_ring ? 1 : 0;
+    const memory::dim kv_ld = in_ring ? 2 * memory::dim{d} : ld;
+    char* keys = in_ring ? const_cast<char*>(sp.RingRow(kb))
+                         : base + (sp.PackedRow(kb) * ld + d) * act_bytes_;
+    char* values = keys + size_t{d} * act_bytes_;  // v follows k in both layouts
+    const memory::dim mw = width;
+    memory kt_mem(memory::desc({mh, mdh, mw}, act_type_, {mdh, 1, kv_ld}), eng_, keys);
+    memory s_mem(memory::desc({mh, mrows, mw}, dt::f32, memory::format_tag::abc), eng_, scores);
+    scores_heads_prim_[k].execute(ts.stream, {{DNNL_ARG_SRC, q_mem},
+                                              {DNNL_ARG_WEIGHTS, kt_mem},
+                                              {DNNL_ARG_DST, s_mem},
+                                              {DNNL_ARG_ATTR_OUTPUT_SCALES, scale_mem}});
+    ts.stream.wait();
+    clock.Lap(ts.times.scores);
+    bool rescale = false;
+    float* scratch = scores + block * width;  // MaskRow's (no edges in a session: unused)
+    for (size_t n = 0; n < block; ++n) {  // n = h * rows + r
+      float* row = scores + n * width;
+      const uint32_t allowed =
+          MaskRow(sp, task.row_begin + static_cast<uint32_t>(n % rows), kb, row, width, scratch);
+      if (softmax) {
+        stats.rescale[n] = kernels::OnlineSoftmaxRow(row, width, &stats.max[n], &stats.sum[n]);
+        rescale = rescale || stats.rescale[n] != 1.0f;
+      } else {
+        kernels::ReluRow(row, width);
+        stats.sum[n] += static_cast<float>(allowed);
+      }
+      FinishRow(row, static_cast<uint32_t>(n), width, ts);
+    }
+    if (!first && rescale) {  // the previous P.V has finished (in-order stream, waited)
+      for (size_t n = 0; n < block; ++n) {
+        float* out = ctx + (n % rows) * d + (n / rows) * dh;
+        for (uint32_t j = 0; j < dh; ++j) out[j] *= stats.rescale[n];
+      }
+    }
+    clock.Lap(ts.times.normalize);
+    memory p_mem(memory::desc({mh, mrows, mw}, act_type_, memory::format_tag::abc), eng_,
+                 const_cast<void*>(ProbsFor(scores, ts)));
+    memory v_mem(memory::desc({mh, mw, mdh}, act_type_, {mdh, kv_ld, 1}), eng_, values);
+    (first ? context_heads_prim_[k] : context_heads_acc_prim_[k])
+        .execute(ts.stream, {{DNNL_ARG_SRC, p_mem}, {DNNL_ARG_WEIGHTS, v_mem},
+                             {DNNL_ARG_DST, ctx_mem}});
+    ts.stream.wait();  // the next tile overwrites the scores P.V reads
+    clock.Lap(ts.times.context);
+  }
+  for (size_t n = 0; n < block; ++n) {
+    float* out = ctx + (n % rows) * d + (n / rows) * dh;
+    const float f = stats.sum[n] > 0.0f ? 1.0f / stats.sum[n] : 0.0f;
+    for (uint32_t j = 0; j < dh; ++j) out[j] *= f;
   }
   clock.Lap(ts.times.normalize);
 }

@@ -59,6 +59,9 @@ class OneDnnAttention {
   void TrimScratch(size_t max_bytes);
 
   int primitives_created() const { return primitives_created_; }
+  // Computes a ring-reading chunk's heads together (PlanOptions::
+  // batch_ring_heads): dot relevance, where oneDNN has batched matmuls.
+  bool batches_ring_heads() const { return batched_; }
   bool bf16() const { return bf16_; }
   // oneDNN's implementation names for the scores and context matmuls.
   std::string ImplInfo() const { return impl_info_; }
@@ -80,6 +83,11 @@ class OneDnnAttention {
   void AttendWhole(const SequencePlan& sp, const AttentionTask& task, uint32_t head,
                    const void* qkv, float* context, std::vector<SequenceOutput>& outs,
                    ThreadState& ts, StageClock& clock);
+  // A ring-reading chunk's task of every head at once: key tiles (runs) with
+  // a running normalization, each tile's scores and P.V one batched matmul
+  // over the heads.
+  void AttendRingBatched(const SequencePlan& sp, const AttentionTask& task, const void* qkv,
+                         float* context, ThreadState& ts, StageClock& clock);
   // Key tiles with a running normalization (weights are never returned here).
   void AttendTiled(const SequencePlan& sp, const AttentionTask& task, uint32_t head,
                    const void* qkv, float* context, ThreadState& ts, StageClock& clock);
@@ -114,6 +122,12 @@ class OneDnnAttention {
   dnnl::matmul scores_ring_prim_;
   dnnl::matmul context_ring_prim_;
   dnnl::matmul context_ring_acc_prim_;
+  // Batched over the heads ([H, rows, keys] scores), for AttendRingBatched;
+  // [0]: keys in the packed Q/K/V, [1]: in a ring. Only when batched_.
+  bool batched_ = false;
+  dnnl::matmul scores_heads_prim_[2];
+  dnnl::matmul context_heads_prim_[2];
+  dnnl::matmul context_heads_acc_prim_[2];
   std::string impl_info_;
   int primitives_created_ = 0;
 

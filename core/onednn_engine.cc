@@ -227,6 +227,7 @@ absl::Status OneDnnEngine::Impl::CreatePrimitives(bool bf16) {
   if (!a.ok()) return a.status();
   attention = *std::move(a);
   primitives_created += attention->primitives_created();
+  plan_options.batch_ring_heads = attention->batches_ring_heads();
   return absl::OkStatus();
 }
 
@@ -247,6 +248,7 @@ absl::Status OneDnnEngine::Impl::Init(const OneDnnEngineOptions& options) {
   plan_options.key_tile = options.key_tile;
   plan_options.max_rows = options.block_rows;
   plan_options.min_tasks = 4 * size_t(num_threads);  // room for dynamic balancing
+  plan_options.threads = size_t(num_threads);
   const std::string isa = IsaToString(dnnl::get_effective_cpu_isa());
   compute_path = absl::StrCat("fp32 (", isa, ")");
   bool done = false;

@@ -360,7 +360,11 @@ TEST(SessionTest, Bf16SessionsMatchTheOneShot) {
   const double worst = StreamAndCompare(**engine, **oracle, data,
                                         {16, {5, 20, 1, 30, 14}, WeightsMode::kPerHead},
                                         kBf16Tolerance);
-  RecordProperty("worst_relative_l2", std::to_string(worst));
+  // Without weights: the cached keys read from the ring, every head at once.
+  const double ring = StreamAndCompare(**engine, **oracle, data,
+                                       {16, {5, 20, 1, 30, 14}, WeightsMode::kNone},
+                                       kBf16Tolerance);
+  RecordProperty("worst_relative_l2", std::to_string(std::max(worst, ring)));
   const bool bf16 = (*engine)->compute_path().rfind("bf16", 0) == 0;
   EXPECT_EQ((*engine)->KvRowBytes(), size_t{2} * 32 * (bf16 ? 2 : 4));
 }
