@@ -68,12 +68,31 @@ uint32_t BlockRows(const SequenceInput& seq, uint32_t max_rows, const PlanOption
 // calls too small to pay for themselves (see PlanOptions::min_tasks).
 constexpr uint32_t kMinHalvedRows = 64;
 
+// A chunk whose heads are computed together (options.batch_ring_heads): it
+// reads cached keys from its ring.
+bool BatchedChunk(const SequenceInput& seq, const PlanOptions& options) {
+  return options.batch_ring_heads && CachedKeyCount(seq) > 0 && seq.weights == WeightsMode::kNone;
+}
+
+// Query rows per task of a batched chunk: its rows split in `parts`, but not
+// below min_rows (each task reads every cached key of every head).
+uint32_t BatchedRows(const SequenceInput& seq, uint32_t max_rows, uint32_t parts,
+                     const PlanOptions& options) {
+  const uint32_t split = (seq.length + parts - 1) / parts;
+  return std::min(max_rows, std::max(split, std::min(seq.length, options.min_rows)));
+}
+
 uint32_t ChooseMaxRows(std::span<const SequenceInput> batch, uint32_t num_heads,
-                       const PlanOptions& options) {
+                       uint32_t ring_parts, const PlanOptions& options) {
   uint32_t max_rows = options.max_rows;
   while (max_rows > kMinHalvedRows) {
     size_t tasks = 0;
     for (const SequenceInput& seq : batch) {
+      if (BatchedChunk(seq, options)) {  // one task per row block, every head in it
+        const uint32_t rows = BatchedRows(seq, max_rows, ring_parts, options);
+        tasks += (seq.length + rows - 1) / rows;
+        continue;
+      }
       const uint32_t rows = BlockRows(seq, max_rows, options);
       const size_t heads = seq.weights == WeightsMode::kMean ? 1 : num_heads;
       tasks += (seq.length + rows - 1) / rows * heads;
@@ -88,18 +107,15 @@ uint32_t ChooseMaxRows(std::span<const SequenceInput> batch, uint32_t num_heads,
 
 AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t num_heads,
                                 const PlanOptions& options) {
-  const uint32_t max_rows = ChooseMaxRows(batch, num_heads, options);
   // Chunks whose heads are computed together are one task per row block:
   // with fewer of them than threads, their rows are split so that every
   // thread gets one (a lone 16-row chunk: two tasks of 8 rows on 2 threads).
   size_t ring_chunks = 0;
-  for (const SequenceInput& seq : batch) {
-    ring_chunks += options.batch_ring_heads && CachedKeyCount(seq) > 0 &&
-                   seq.weights == WeightsMode::kNone;
-  }
+  for (const SequenceInput& seq : batch) ring_chunks += BatchedChunk(seq, options);
+  const size_t threads = std::max<size_t>(options.threads, 1);
   const uint32_t ring_parts =
-      ring_chunks == 0 ? 1
-                       : static_cast<uint32_t>((options.threads + ring_chunks - 1) / ring_chunks);
+      ring_chunks == 0 ? 1 : static_cast<uint32_t>((threads + ring_chunks - 1) / ring_chunks);
+  const uint32_t max_rows = ChooseMaxRows(batch, num_heads, ring_parts, options);
   AttentionPlan plan;
   plan.seqs.resize(batch.size());
   for (size_t s = 0; s < batch.size(); ++s) {
@@ -116,11 +132,17 @@ AttentionPlan MakeAttentionPlan(std::span<const SequenceInput> batch, uint32_t n
     plan.has_cached_keys = plan.has_cached_keys || (sp.first_query > 0 && weights);
     BuildEdges(batch[s].mask, sp.length, sp);
     const bool batched = sp.ring != nullptr && options.batch_ring_heads;
-    const uint32_t rows =
-        batched ? std::min(max_rows, (sp.queries() + ring_parts - 1) / ring_parts)
-                : BlockRows(batch[s], max_rows, options);
-    const bool fits = weights || size_t{rows} * sp.length <= options.block_floats;
-    const uint32_t key_tile = fits ? sp.length : options.key_tile;
+    const uint32_t rows = batched ? BatchedRows(batch[s], max_rows, ring_parts, options)
+                                  : BlockRows(batch[s], max_rows, options);
+    // A batched task holds every head's scores: the budget counts them all.
+    const size_t block_rows = size_t{rows} * (batched ? num_heads : 1);
+    const bool fits = weights || block_rows * sp.length <= options.block_floats;
+    const uint32_t key_tile =
+        fits ? sp.length
+        : batched
+            ? static_cast<uint32_t>(std::min<size_t>(
+                  options.key_tile, std::max<size_t>(options.block_floats / block_rows, 64)))
+            : options.key_tile;
     // The mean over heads is summed in place by one task, a ring-reading
     // chunk's heads are computed together; anything else splits per head.
     const uint32_t heads_per_task =

@@ -22,6 +22,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/attention_plan.h"
 #include "core/onednn_engine.h"
 #include "tests/test_util.h"
 
@@ -343,6 +344,84 @@ TEST(SessionTest, ManySessionsAndOrdinarySequencesShareABatch) {
     }
   }
   for (int s = 0; s < kSessions; ++s) EXPECT_EQ(together[s]->positions(), alone[s]->positions());
+}
+
+// Other thread counts and small tiles: a ring run split into several key
+// tiles (37 keys, so tiles straddle every boundary), chunks' rows split
+// between 3 threads, and one thread.
+TEST(SessionTest, ThreadCountsAndSmallTilesGiveTheSameRows) {
+  auto model = RandomModel(testing::SmallConfig(Positional::kRotary, Relevance::kDot,
+                                                Normalization::kSoftmax, true),
+                           12);
+  auto oracle = CreateReferenceEngine(model);
+  std::mt19937 rng(13);
+  const std::vector<float> data = RandomVector(rng, 260 * 32, 1.0f);
+  for (const OneDnnEngineOptions& options :
+       {OneDnnEngineOptions{.num_threads = 1},
+        OneDnnEngineOptions{.num_threads = 3, .score_block_floats = 64 * 64, .key_tile = 37,
+                            .block_rows = 64}}) {
+    SCOPED_TRACE(::testing::Message() << options.num_threads << " thread(s)");
+    auto engine = OneDnnEngine::Create(model, options);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    StreamAndCompare(**engine, **oracle, data, {100, {40, 17, 1, 90, 33, 79}, WeightsMode::kNone},
+                     kTolerance);
+  }
+}
+
+// The plan of chunks whose heads are computed together: one task of every
+// head per row block, a lone chunk's rows split between the threads (not
+// below min_rows), several chunks one task each, sequences beside them
+// planned as before.
+TEST(SessionTest, BatchedChunksArePlannedOneTaskPerRowBlock) {
+  KvCache cache(64, 8), other(64, 8), third(64, 8);
+  for (KvCache* c : {&cache, &other, &third}) c->Advance(40);
+  std::vector<float> data(64 * 32);
+  auto chunk = [&](KvCache* c, uint32_t n) {
+    SequenceInput s;
+    s.data = std::span<const float>(data).subspan(0, n * 32);
+    s.length = n;
+    s.mask = {.causal = true, .window = 64, .edges = {}};
+    s.cache = c;
+    return s;
+  };
+  PlanOptions options;
+  options.batch_ring_heads = true;
+  options.threads = 2;
+  options.min_tasks = 8;
+  const std::vector<SequenceInput> lone = {chunk(&cache, 16)};
+  AttentionPlan plan = MakeAttentionPlan(lone, 4, options);
+  ASSERT_EQ(plan.tasks.size(), 2u);
+  for (const AttentionTask& t : plan.tasks) {
+    EXPECT_EQ(t.head_end - t.head_begin, 4u);
+    EXPECT_EQ(t.row_end - t.row_begin, 8u);
+    EXPECT_TRUE(t.ring);
+  }
+  EXPECT_GE(plan.max_rows, 8u * 4);  // stats for every head's rows
+  options.threads = 8;               // 16 rows in 8 parts: not below min_rows (8)
+  EXPECT_EQ(MakeAttentionPlan(lone, 4, options).tasks.size(), 2u);
+  options.threads = 0;  // taken as 1
+  EXPECT_EQ(MakeAttentionPlan(lone, 4, options).tasks.size(), 1u);
+  options.threads = 2;
+  SequenceInput plain;
+  plain.data = std::span<const float>(data).subspan(0, 10 * 32);
+  plain.length = 10;
+  const std::vector<SequenceInput> mixed = {chunk(&cache, 16), chunk(&other, 5), plain,
+                                            chunk(&third, 3)};
+  plan = MakeAttentionPlan(mixed, 4, options);
+  size_t per_head = 0, batched = 0;
+  for (const AttentionTask& t : plan.tasks) {
+    if (t.head_end - t.head_begin == 4) {
+      ++batched;
+      EXPECT_TRUE(t.ring);
+    } else {
+      ++per_head;
+      EXPECT_EQ(t.seq, 2u);
+    }
+  }
+  EXPECT_EQ(batched, 3u);   // one task per chunk: more chunks than threads
+  EXPECT_EQ(per_head, 4u);  // the plain sequence: one block, a task per head
+  options.batch_ring_heads = false;  // off: per head, as every other sequence
+  EXPECT_EQ(MakeAttentionPlan(mixed, 4, options).tasks.size(), 4u * 4);
 }
 
 // bf16: the cache holds bf16 keys and values where the attention is bf16;
