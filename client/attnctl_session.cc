@@ -216,7 +216,8 @@ grpc::Status StreamChunks(AttentionSession& session, const NpyArray& input, uint
     }
     if (error.has_value()) {
       ++tally->verified;
-      if (!(*error <= tally->worst)) tally->worst = *error;  // NaN sticks
+      // The worst so far; a NaN, once seen, stays the worst.
+      if (!std::isnan(tally->worst) && !(*error <= tally->worst)) tally->worst = *error;
       const bool bad = !(*error <= verifier->tolerance());
       tally->mismatch |= bad;
       absl::StrAppendFormat(&line, ", error %.2e%s", *error, bad ? " MISMATCH" : "");
