@@ -46,7 +46,7 @@ uint32_t SequencePlan::KeyEnd(uint32_t i) const {
 
 uint32_t SequencePlan::RunEnd(uint32_t key) const {
   if (ring == nullptr || key >= first_query) return length;
-  const uint64_t slot = (ring->positions() - first_query + key) % ring->capacity();
+  const uint64_t slot = (FirstPosition() - first_query + key) % ring->capacity();
   return static_cast<uint32_t>(std::min<uint64_t>(first_query, key + (ring->capacity() - slot)));
 }
 

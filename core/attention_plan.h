@@ -45,10 +45,12 @@ struct SequencePlan {
   // one past its last key (the ring's wrap, the end of the cached keys, or
   // `length`).
   uint32_t RunEnd(uint32_t key) const;
-  // The ring slot (its key, then value) of cached key j < first_query.
-  // REQUIRES: ring.
-  const char* RingRow(uint32_t j) const {
-    return ring->Row(ring->positions() - first_query + j);
+  // The absolute position of the first query (a session's chunk goes on
+  // from its cache; 0 otherwise).
+  uint64_t FirstPosition() const { return input->cache ? input->cache->positions() : 0; }
+  // The cache slot (its key, then value) of cached key j < first_query.
+  const char* CachedRow(uint32_t j) const {
+    return input->cache->Row(FirstPosition() - first_query + j);
   }
   // Graph edges as CSR, each row's keys sorted and unique; both empty when the
   // mask has no edges (every key in the row's range is then allowed).

@@ -153,9 +153,7 @@ std::span<float> OutputRows(const SequenceInput& in, uint32_t rows, size_t d_mod
 uint64_t SequenceBytes(const ModelConfig& config, const SequenceInput& seq) {
   const uint64_t L = seq.length, d = config.d_model, keys = KeyCount(seq);
   const uint64_t rows = OutputRowCount(seq);
-  const uint64_t matrices = seq.weights == WeightsMode::kPerHead ? config.num_heads
-                            : seq.weights == WeightsMode::kMean  ? 1
-                                                                 : 0;
+  const uint64_t matrices = WeightsMatrixCount(config, seq.weights);
   return (L * d + rows * d + matrices * L * keys) * sizeof(float);
 }
 

@@ -75,6 +75,11 @@ inline uint32_t CachedKeyCount(const SequenceInput& seq) {
 // cached ones. Its weights matrices are length x KeyCount.
 inline uint32_t KeyCount(const SequenceInput& seq) { return seq.length + CachedKeyCount(seq); }
 
+// The attention weights matrices a mode returns: num_heads, 1 (the mean) or 0.
+inline uint32_t WeightsMatrixCount(const ModelConfig& config, WeightsMode mode) {
+  return mode == WeightsMode::kPerHead ? config.num_heads : mode == WeightsMode::kMean ? 1 : 0;
+}
+
 // The rows of a sequence's output: its length, or 1 when pooled.
 inline uint32_t OutputRowCount(const SequenceInput& seq) {
   return seq.pooling == Pooling::kNone ? seq.length : 1;

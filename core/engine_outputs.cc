@@ -10,10 +10,7 @@ void AllocateOutputs(const ModelConfig& c, const SequenceInput& in, SequenceOutp
   const size_t L = in.length, keys = KeyCount(in);
   try {
     OutputRows(in, OutputRowCount(in), c.d_model, out);
-    const size_t matrices = in.weights == WeightsMode::kPerHead ? c.num_heads
-                            : in.weights == WeightsMode::kMean  ? 1
-                                                                : 0;
-    out.attention.resize(matrices);
+    out.attention.resize(WeightsMatrixCount(c, in.weights));
     // Uninitialized (no zero-fill pass): the attention tasks write every
     // entry exactly once, and the first touch of the pages happens on all
     // threads (in the tasks, or for huge outputs in PrefaultLargeOutputs).

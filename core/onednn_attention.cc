@@ -216,7 +216,7 @@ void OneDnnAttention::Scores(const SequencePlan& sp, const AttentionTask& task, 
   // The keys: in the session's ring (k | v rows) or in the packed Q/K/V.
   const bool in_ring = key_begin < sp.packed_key0();
   const size_t k_ld = in_ring ? 2 * d : ld;
-  const char* k = in_ring ? sp.RingRow(key_begin) + head * dh * act_bytes_
+  const char* k = in_ring ? sp.CachedRow(key_begin) + head * dh * act_bytes_
                           : base + (sp.PackedRow(key_begin) * ld + d + head * dh) * act_bytes_;
   if (c.relevance == Relevance::kAdditive) {  // never bf16: see Create's callers
     const float* v = &model_->weights.additive_v[head * dh];
@@ -250,7 +250,7 @@ void OneDnnAttention::Context(const SequencePlan& sp, const AttentionTask& task,
   const uint32_t rows = task.row_end - task.row_begin;
   auto* base = static_cast<char*>(const_cast<void*>(qkv));
   const bool in_ring = key_begin < sp.packed_key0();
-  const char* v = in_ring ? sp.RingRow(key_begin) + (d + head * dh) * act_bytes_
+  const char* v = in_ring ? sp.CachedRow(key_begin) + (d + head * dh) * act_bytes_
                           : base + (sp.PackedRow(key_begin) * ld + 2 * d + head * dh) * act_bytes_;
   memory p_mem(RowMajor(rows, width, width, act_type_), eng_, const_cast<void*>(probs));
   memory v_mem(RowMajor(width, dh, in_ring ? 2 * d : ld, act_type_), eng_, const_cast<char*>(v));
@@ -423,7 +423,7 @@ void OneDnnAttention::AttendRingBatched(const SequencePlan& sp, const AttentionT
     const bool in_ring = kb < sp.packed_key0();
     const int k = in_ring ? 1 : 0;
     const memory::dim kv_ld = in_ring ? 2 * memory::dim{d} : ld;
-    char* keys = in_ring ? const_cast<char*>(sp.RingRow(kb))
+    char* keys = in_ring ? const_cast<char*>(sp.CachedRow(kb))
                          : base + (sp.PackedRow(kb) * ld + d) * act_bytes_;
     char* values = keys + size_t{d} * act_bytes_;  // v follows k in both layouts
     const memory::dim mw = width;

@@ -126,6 +126,8 @@ struct OneDnnEngine::Impl {
   // Stores each chunk's keys and values in its session's cache (the last
   // capacity of them) and advances it.
   void UpdateCaches(const AttentionPlan& plan);
+  // A session cache's row: the key and value of one row (2d, qkv_type).
+  size_t kv_row_bytes() const { return 2 * size_t{model->config.d_model} * Bytes(qkv_type); }
   // Computes `batch` into `outs`, pre-sized by AllocateOutputs
   // (engine_outputs.h). Throws
   // dnnl::error or std::bad_alloc.
@@ -310,7 +312,7 @@ void OneDnnEngine::Impl::PackInput(const AttentionPlan& plan) {
   {
     float* row = rows + size_t(omp_get_thread_num()) * d;
     for (const SequencePlan& sp : plan.seqs) {
-      const uint64_t base = sp.input->cache ? sp.input->cache->positions() : 0;
+      const uint64_t base = sp.FirstPosition();
 #pragma omp for schedule(static) nowait
       for (uint32_t p = 0; p < sp.queries(); ++p) {
         const float* src = sp.input->data.data() + size_t{p} * d;
@@ -357,8 +359,7 @@ void OneDnnEngine::Impl::ComputeQkv(const AttentionPlan& plan) {
   {
     float* head = heads + size_t(omp_get_thread_num()) * d;
     for (const SequencePlan& sp : plan.seqs) {
-      // Absolute positions: a session's chunk goes on from its cache.
-      const uint64_t base = sp.input->cache ? sp.input->cache->positions() : 0;
+      const uint64_t base = sp.FirstPosition();  // absolute
 #pragma omp for schedule(static) nowait
       for (uint32_t p = 0; p < sp.queries(); ++p) {
         const size_t row = (sp.out_offset + p) * 3 * d;
@@ -379,19 +380,16 @@ void OneDnnEngine::Impl::ComputeQkv(const AttentionPlan& plan) {
 }
 
 void OneDnnEngine::Impl::PlaceCachedKeys(const AttentionPlan& plan) {
-  const size_t row_bytes = 3 * size_t{model->config.d_model} * Bytes(qkv_type);
-  const size_t kv_bytes = row_bytes / 3 * 2;  // k | v, as a cache row holds them
+  const size_t kv_bytes = kv_row_bytes(), row_bytes = kv_bytes / 2 * 3;  // q | k | v
   char* qkv = static_cast<char*>(qkv_buf.Reserve(plan.total_tokens * row_bytes));
   const char* fresh = static_cast<const char*>(new_qkv_buf.Reserve(0));
 #pragma omp parallel num_threads(num_threads)
   for (const SequencePlan& sp : plan.seqs) {
-    const KvCache* cache = sp.input->cache;
 #pragma omp for schedule(static) nowait
     for (uint32_t j = sp.packed_key0(); j < sp.length; ++j) {  // read from a ring: not here
       char* dst = qkv + sp.PackedRow(j) * row_bytes;
       if (j < sp.first_query) {  // cached: its q is never read
-        const uint64_t position = cache->positions() - sp.first_query + j;
-        std::memcpy(dst + row_bytes / 3, cache->Row(position), kv_bytes);
+        std::memcpy(dst + row_bytes / 3, sp.CachedRow(j), kv_bytes);
       } else {
         std::memcpy(dst, fresh + (sp.out_offset + j - sp.first_query) * row_bytes, row_bytes);
       }
@@ -400,8 +398,7 @@ void OneDnnEngine::Impl::PlaceCachedKeys(const AttentionPlan& plan) {
 }
 
 void OneDnnEngine::Impl::UpdateCaches(const AttentionPlan& plan) {
-  const size_t row_bytes = 3 * size_t{model->config.d_model} * Bytes(qkv_type);
-  const size_t kv_bytes = row_bytes / 3 * 2;
+  const size_t kv_bytes = kv_row_bytes(), row_bytes = kv_bytes / 2 * 3;
   const char* qkv = static_cast<const char*>(qkv_buf.Reserve(0));
   for (const SequencePlan& sp : plan.seqs) {
     KvCache* cache = sp.input->cache;
@@ -569,9 +566,7 @@ absl::StatusOr<std::vector<SequenceOutput>> OneDnnEngine::Run(
 
 uint64_t OneDnnEngine::primitives_created() const { return impl_->primitives_created; }
 
-size_t OneDnnEngine::KvRowBytes() const {
-  return 2 * size_t{impl_->model->config.d_model} * Bytes(impl_->qkv_type);
-}
+size_t OneDnnEngine::KvRowBytes() const { return impl_->kv_row_bytes(); }
 
 std::string OneDnnEngine::compute_path() const { return impl_->compute_path; }
 

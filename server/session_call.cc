@@ -411,17 +411,7 @@ class AttentionService::SessionCall final
     }
     const core::ModelConfig& c = model_->config();
     const v1::Matrix& input = request_.append().input();
-    if (input.cols() != c.d_model) {
-      return Invalid(absl::StrCat("input.cols is ", input.cols(), "; model '", model_name_,
-                                  "' expects d_model = ", c.d_model, " columns"));
-    }
-    if (input.rows() == 0) return Invalid("input is empty: a chunk needs at least 1 row");
-    const uint64_t expected = uint64_t{input.rows()} * input.cols();
-    if (static_cast<uint64_t>(input.data_size()) != expected) {
-      return Invalid(absl::StrCat("input.data has ", input.data_size(),
-                                  " values; expected rows * cols = ", input.rows(), " * ",
-                                  input.cols(), " = ", expected));
-    }
+    if (grpc::Status s = ValidateInputMatrix(input, model_name_, c); !s.ok()) return s;
     const uint64_t position = cache_->positions();  // no chunk computes: stable
     if (max_tokens_ != 0 && position + input.rows() > max_tokens_) {
       return grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
@@ -439,9 +429,7 @@ class AttentionService::SessionCall final
     seq.cache = cache_.get();
     if (absl::Status s = core::ValidateSequence(c, seq); !s.ok()) return ToGrpcStatus(s);
     seq.values_checked = true;
-    const uint64_t matrices = weights_ == core::WeightsMode::kPerHead ? c.num_heads
-                              : weights_ == core::WeightsMode::kMean  ? 1
-                                                                      : 0;
+    const uint64_t matrices = core::WeightsMatrixCount(c, weights_);
     const uint64_t reply_bytes =
         (uint64_t{seq.length} * c.d_model + matrices * seq.length * core::KeyCount(seq)) * 4 + 256;
     if (reply_bytes > static_cast<uint64_t>(service_->options_.max_message_bytes)) {

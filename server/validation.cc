@@ -23,10 +23,8 @@ uint64_t EstimateReplyBytes(const v1::AttendRequest& request, const core::ModelC
   return 4 * floats + 512 + request.request_id().size() + request.model().size();
 }
 
-grpc::Status ValidateRequest(const v1::AttendRequest& request, const std::string& model_name,
-                             const core::ModelConfig& config, int64_t max_reply_bytes,
-                             core::SequenceInput* sequence) {
-  const v1::Matrix& input = request.input();
+grpc::Status ValidateInputMatrix(const v1::Matrix& input, const std::string& model_name,
+                                 const core::ModelConfig& config) {
   if (input.cols() != config.d_model) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat("input.cols is ", input.cols(), "; model '", model_name,
@@ -43,6 +41,14 @@ grpc::Status ValidateRequest(const v1::AttendRequest& request, const std::string
                                      " values; expected rows * cols = ", input.rows(), " * ",
                                      input.cols(), " = ", expected));
   }
+  return grpc::Status::OK;
+}
+
+grpc::Status ValidateRequest(const v1::AttendRequest& request, const std::string& model_name,
+                             const core::ModelConfig& config, int64_t max_reply_bytes,
+                             core::SequenceInput* sequence) {
+  const v1::Matrix& input = request.input();
+  if (grpc::Status s = ValidateInputMatrix(input, model_name, config); !s.ok()) return s;
   if (request.weights() < v1::WEIGHTS_NONE || request.weights() > v1::WEIGHTS_MEAN ||
       request.pooling() < v1::POOLING_NONE || request.pooling() > v1::POOLING_FIRST) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,

@@ -22,6 +22,12 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 // output plus the attention weights it asks for, plus framing.
 uint64_t EstimateReplyBytes(const v1::AttendRequest& request, const core::ModelConfig& config);
 
+// Checks an input matrix's shape against the model: cols == d_model, rows
+// >= 1, data size == rows * cols (INVALID_ARGUMENT saying which). For
+// Attend's input and a session's chunk alike.
+grpc::Status ValidateInputMatrix(const v1::Matrix& input, const std::string& model_name,
+                                 const core::ModelConfig& config);
+
 // Checks `request` against the model and fills *sequence, whose data points
 // into `request` (which must outlive it). Errors: INVALID_ARGUMENT (cols !=
 // d_model, empty input, data size != rows * cols, non-finite value, bad
