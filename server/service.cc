@@ -5,7 +5,6 @@
 #include <new>
 #include <random>
 
-#include <grpcpp/support/proto_buffer_reader.h>
 #include <spdlog/spdlog.h>
 
 #include "absl/strings/str_cat.h"
@@ -41,9 +40,7 @@ void PrepareOutput(uint32_t d_model, core::SequenceInput* input, ReplyFloats* ou
 // an AttendRequest. Unknown field numbers are fine (skipped, as protobuf
 // does); a known field sent with another valid wire type is one of them.
 grpc::Status ParseRequest(const grpc::ByteBuffer& bytes, v1::AttendRequest* request) {
-  grpc::ByteBuffer view(bytes);  // shares the slices; the reader needs a mutable buffer
-  grpc::ProtoBufferReader reader(&view);
-  if (!reader.status().ok() || !request->ParseFromZeroCopyStream(&reader)) {
+  if (!ParseFromByteBuffer(bytes, request)) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat("request could not be parsed as attnserve.v1.AttendRequest (",
                                      bytes.Length(),

@@ -40,7 +40,6 @@
 #include <new>
 #include <utility>
 
-#include <grpcpp/support/proto_buffer_reader.h>
 #include <grpcpp/support/proto_buffer_writer.h>
 #include <spdlog/spdlog.h>
 
@@ -324,10 +323,7 @@ class AttentionService::SessionCall final
   // One message: the open, or a chunk. An error ends the session. Runs on
   // the read's reaction; the only reaction that touches the session's setup.
   grpc::Status Handle() {
-    grpc::ByteBuffer view(incoming_);
-    grpc::ProtoBufferReader reader(&view);
-    request_.Clear();
-    if (!reader.status().ok() || !request_.ParseFromZeroCopyStream(&reader)) {
+    if (!ParseFromByteBuffer(incoming_, &request_)) {
       return Invalid(absl::StrCat("message could not be parsed as attnserve.v1.SessionRequest (",
                                   incoming_.Length(), " bytes)"));
     }

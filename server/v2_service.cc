@@ -10,7 +10,6 @@
 #include <limits>
 #include <new>
 
-#include <grpcpp/support/proto_buffer_reader.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -30,9 +29,7 @@ constexpr char kConfigMetadataKey[] = "attnserve-model-config";
 
 grpc::Status ParseInferRequest(const grpc::ByteBuffer& bytes,
                                inference::ModelInferRequest* request) {
-  grpc::ByteBuffer view(bytes);  // shares the slices; the reader needs a mutable buffer
-  grpc::ProtoBufferReader reader(&view);
-  if (!reader.status().ok() || !request->ParseFromZeroCopyStream(&reader)) {
+  if (!ParseFromByteBuffer(bytes, request)) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat("request could not be parsed as inference.ModelInferRequest (",
                                      bytes.Length(), " bytes): not valid protobuf wire data"));

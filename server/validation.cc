@@ -2,9 +2,17 @@
 
 #include <string>
 
+#include <grpcpp/support/proto_buffer_reader.h>
+
 #include "absl/strings/str_cat.h"
 
 namespace attnserve::server {
+
+bool ParseFromByteBuffer(const grpc::ByteBuffer& bytes, google::protobuf::Message* message) {
+  grpc::ByteBuffer view(bytes);  // shares the slices; the reader needs a mutable buffer
+  grpc::ProtoBufferReader reader(&view);
+  return reader.status().ok() && message->ParseFromZeroCopyStream(&reader);
+}
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;

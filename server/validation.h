@@ -1,4 +1,4 @@
-// Request validation: turns an AttendRequest into a core::SequenceInput that
+// Parsing raw call bytes, and request validation: turns an AttendRequest into a core::SequenceInput that
 // views the request's own data (no copy), or the gRPC error of docs/DESIGN.md's
 // table with a message saying what was wrong and what was expected. Pure
 // functions; thread-safe.
@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include <google/protobuf/message.h>
+#include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/status.h>
 
 #include "absl/status/status.h"
@@ -14,6 +16,11 @@
 #include "core/engine.h"
 
 namespace attnserve::server {
+
+// Parses raw call bytes into *message (its fields cleared first); false when
+// they are not valid protobuf wire data for it. Unknown field numbers are
+// skipped, as protobuf does. The caller words the error for its message type.
+bool ParseFromByteBuffer(const grpc::ByteBuffer& bytes, google::protobuf::Message* message);
 
 // The same code, as gRPC's enum (absl and gRPC share the numbering).
 grpc::Status ToGrpcStatus(const absl::Status& status);
